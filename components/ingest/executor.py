@@ -1,0 +1,141 @@
+"""ExampleGen executor for the dataset contract's CSV files.
+
+Reads every file of a split pattern (one Beam element per file, so files are
+read in parallel), checks headers, parses rows per the dataset spec, rejects
+malformed rows (or fails, per the spec) and, for the catalog, repeated item
+ids. Every reject is written to ``<examples>/report/rejects*.tsv`` and counted
+in ``<examples>/report/counts.json``; the counts also become custom
+properties of the Examples artefact. A table or span with no valid row fails
+the component, so no empty artefact is ever published.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any, Iterable, Iterator, Union
+
+import apache_beam as beam
+import tensorflow as tf
+from tfx.components.example_gen import base_example_gen_executor
+from tfx.types import artifact_utils, standard_component_specs
+
+from components.ingest import rows
+from transforms.spec import spec_from_dict
+
+DATASET_SPEC_KEY = "dataset_spec"
+TABLE_KEY = "table"
+REPORT_DIR_KEY = "_report_dir"
+REPORT_DIR = "report"
+COUNTS_FILE = "counts.json"
+ROWS_OK = "rows_ok"
+
+
+def _dedupe(item: tuple[str, Iterable[rows.Row]], policy: str) -> Iterator[Union[rows.Row, rows.Reject]]:
+    item_id, group = item
+    ordered = sorted(group, key=lambda r: _location_key(r.location))
+    if len(ordered) > 1 and policy == "error":
+        places = ", ".join(r.location for r in ordered[:5])
+        raise rows.InputError(
+            f"catalog item id {item_id!r} appears {len(ordered)} times ({places}). "
+            "Make catalog ids unique, or set on_bad_input.duplicate_item: keep_first.")
+    yield ordered[0]
+    for dup in ordered[1:]:
+        yield rows.Reject(rows.DUPLICATE, dup.location,
+                          f"item id {item_id!r} already defined at {ordered[0].location}")
+
+
+def _location_key(location: str) -> tuple[str, int]:
+    path, _, line = location.rpartition(":")
+    return path, int(line)
+
+
+def _counts_json(counts: list[tuple[str, int]]) -> str:
+    return json.dumps(dict(sorted(counts)), sort_keys=True)
+
+
+@beam.ptransform_fn
+def _WriteReport(  # pylint: disable=invalid-name
+    parsed: beam.PCollection, rejects: beam.PCollection, report_dir: str
+) -> beam.pvalue.PDone:
+    """Writes reject lines and per-kind counts under ``report_dir``."""
+    _ = (rejects
+         | "RejectLines" >> beam.Map(lambda r: r.line())
+         | "WriteRejects" >> beam.io.WriteToText(
+             os.path.join(report_dir, "rejects"), file_name_suffix=".tsv"))
+    ok = parsed | "KeyOk" >> beam.Map(lambda _: (ROWS_OK, 1))
+    bad = rejects | "KeyRejects" >> beam.Map(lambda r: (r.kind, r.n_rows))
+    seed = parsed.pipeline | "SeedZero" >> beam.Create([(ROWS_OK, 0)])
+    return ((ok, bad, seed)
+            | "AllCounts" >> beam.Flatten()
+            | "SumPerKind" >> beam.CombinePerKey(sum)
+            | "ToList" >> beam.combiners.ToList()
+            | "ToJson" >> beam.Map(_counts_json)
+            | "WriteCounts" >> beam.io.WriteToText(
+                os.path.join(report_dir, COUNTS_FILE), shard_name_template=""))
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+def _ContractCsvToExample(  # pylint: disable=invalid-name
+    pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str
+) -> beam.PCollection:
+    """Reads the files matching ``split_pattern`` into tf.Examples."""
+    spec = spec_from_dict(json.loads(exec_properties[DATASET_SPEC_KEY]))
+    table = rows.table_for(spec, exec_properties[TABLE_KEY])
+    input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    files = sorted(tf.io.gfile.glob(os.path.join(input_base, split_pattern)))
+    if not files:
+        raise rows.InputError(
+            f"no {table.kind} file matches {os.path.join(input_base, split_pattern)}; "
+            "check the spec's path and pattern.")
+    parsed = (pipeline
+              | "Files" >> beam.Create(files)
+              | "Spread" >> beam.Reshuffle()
+              | "ReadCsv" >> beam.FlatMap(rows.read_file, table))
+    good = parsed | "Rows" >> beam.Filter(lambda r: isinstance(r, rows.Row))
+    rejects = parsed | "Rejects" >> beam.Filter(lambda r: isinstance(r, rows.Reject))
+    if table.kind == rows.CATALOG:
+        deduped = (good
+                   | "ById" >> beam.Map(lambda r: (r.key, r))
+                   | "GroupById" >> beam.GroupByKey()
+                   | "Dedupe" >> beam.FlatMap(_dedupe, table.duplicate_item))
+        good = deduped | "Unique" >> beam.Filter(lambda r: isinstance(r, rows.Row))
+        dups = deduped | "Dups" >> beam.Filter(lambda r: isinstance(r, rows.Reject))
+        rejects = (rejects, dups) | "AllRejects" >> beam.Flatten()
+    _ = good | "Report" >> _WriteReport(rejects, exec_properties[REPORT_DIR_KEY])
+    return good | "ToExample" >> beam.Map(lambda r: r.example)
+
+
+def read_counts(examples_uri: str) -> dict[str, int]:
+    """Reads the ingest counts stored with an Examples artefact."""
+    path = os.path.join(examples_uri, REPORT_DIR, COUNTS_FILE)
+    with tf.io.gfile.GFile(path) as f:
+        return json.loads(f.read())
+
+
+class Executor(base_example_gen_executor.BaseExampleGenExecutor):
+    """ExampleGen executor reading CSV files as the dataset spec describes."""
+
+    def GetInputSourceToExamplePTransform(self) -> beam.PTransform:  # noqa: N802
+        """Returns the PTransform that reads one split pattern."""
+        return _ContractCsvToExample
+
+    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
+        """Ingests, then records counts and fails on an empty table or span."""
+        examples = artifact_utils.get_single_instance(
+            output_dict[standard_component_specs.EXAMPLES_KEY])
+        exec_properties = dict(exec_properties)
+        exec_properties[REPORT_DIR_KEY] = os.path.join(examples.uri, REPORT_DIR)
+        super().Do(input_dict, output_dict, exec_properties)
+        counts = read_counts(examples.uri)
+        table = exec_properties[TABLE_KEY]
+        if counts.get(ROWS_OK, 0) == 0:
+            where = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+            raise rows.InputError(
+                f"the {table} input under {where} (span {examples.span}) has no valid row "
+                f"(counts: {counts}); an empty span or table cannot be ingested. "
+                "Remove the empty span folder or add data; see "
+                f"{os.path.join(examples.uri, REPORT_DIR)} for rejected rows.")
+        for key, value in counts.items():
+            examples.set_int_custom_property(key, value)

@@ -1,0 +1,54 @@
+"""JoinExamples: the custom Beam component that builds the training data."""
+
+from __future__ import annotations
+
+import json
+
+from tfx import types
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.types import channel, standard_artifacts
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from components.join import executor
+from transforms.spec import DatasetSpec
+
+
+class JoinExamplesSpec(types.ComponentSpec):
+    """Inputs, outputs and parameters of :class:`JoinExamples`."""
+
+    PARAMETERS = {executor.DATASET_SPEC_KEY: ExecutionParameter(type=str)}
+    INPUTS = {
+        executor.LOGS_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        executor.CATALOG_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        executor.LOGS_ANOMALIES_KEY: ChannelParameter(type=standard_artifacts.ExampleAnomalies),
+        executor.CATALOG_ANOMALIES_KEY: ChannelParameter(
+            type=standard_artifacts.ExampleAnomalies),
+    }
+    OUTPUTS = {
+        executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples),
+        executor.SCHEMA_KEY: ChannelParameter(type=standard_artifacts.Schema),
+    }
+
+
+class JoinExamples(base_beam_component.BaseBeamComponent):
+    """Joins logs (one or more spans) with the catalog.
+
+    Output splits: ``train`` and ``eval`` (log pairs with ``query_*``,
+    ``context_*`` and ``item_*`` features) and ``catalog`` (every item once,
+    ``item_*`` only); every row carries the engaged item's training count and
+    head/tail/cold bucket. Also outputs the Schema Transform reads them with.
+    """
+
+    SPEC_CLASS = JoinExamplesSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+
+    def __init__(self, spec: DatasetSpec, logs: types.BaseChannel,
+                 catalog: types.BaseChannel, logs_anomalies: types.BaseChannel,
+                 catalog_anomalies: types.BaseChannel) -> None:
+        """Builds the component from the dataset spec and upstream channels."""
+        super().__init__(spec=JoinExamplesSpec(
+            dataset_spec=json.dumps(spec.to_dict(), sort_keys=True),
+            logs=logs, catalog=catalog, logs_anomalies=logs_anomalies,
+            catalog_anomalies=catalog_anomalies,
+            examples=channel.Channel(type=standard_artifacts.Examples),
+            schema=channel.Channel(type=standard_artifacts.Schema)))

@@ -1,0 +1,116 @@
+"""Executor of JoinExamples: validated logs + catalog -> one Examples artefact."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import apache_beam as beam
+import tensorflow as tf
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils
+from tfx.utils import io_utils
+
+from components.ingest import rows
+from components.join import anomalies, beam_join
+from transforms import features
+from transforms.schema import joined_schema
+from transforms.spec import spec_from_dict
+
+LOGS_KEY = "logs"
+CATALOG_KEY = "catalog"
+LOGS_ANOMALIES_KEY = "logs_anomalies"
+CATALOG_ANOMALIES_KEY = "catalog_anomalies"
+EXAMPLES_KEY = "examples"
+SCHEMA_KEY = "schema"
+DATASET_SPEC_KEY = "dataset_spec"
+REPORT_DIR = "report"
+SUMMARY_FILE = "summary.json"
+SCHEMA_FILE = "schema.pbtxt"
+
+
+def _read_split(pipeline: beam.Pipeline, artifact: Any, split: str, label: str) -> beam.PCollection:
+    pattern = os.path.join(artifact_utils.get_split_uri([artifact], split), "*")
+    return (pipeline
+            | f"Read[{label}]" >> beam.io.ReadFromTFRecord(pattern)
+            | f"Parse[{label}]" >> beam.Map(beam_join.example_to_row))
+
+
+def _summary_pairs(examples: beam.PCollection, rejects: beam.PCollection) -> beam.PCollection:
+    by_split = examples | "KeySplit" >> beam.Map(lambda e: (e[0], 1))
+    by_bucket = examples | "KeyBucket" >> beam.Map(lambda e: (f"{e[0]}_{e[1]}", 1))
+    bad = rejects | "KeyReject" >> beam.Map(lambda r: (f"rejected_{r.kind}", r.n_rows))
+    zeros = examples.pipeline | "Zeros" >> beam.Create(
+        [(s, 0) for s in features.JOINED_SPLITS]
+        + [(f"{s}_{b}", 0) for s in features.JOINED_SPLITS for b in features.BUCKETS]
+        + [(f"rejected_{rows.UNKNOWN}", 0)])
+    return ((by_split, by_bucket, bad, zeros)
+            | "AllKeys" >> beam.Flatten()
+            | "Sum" >> beam.CombinePerKey(sum))
+
+
+def read_summary(examples_uri: str) -> dict[str, int]:
+    """Counts stored with a joined Examples artefact (see :class:`Executor`)."""
+    with tf.io.gfile.GFile(os.path.join(examples_uri, REPORT_DIR, SUMMARY_FILE)) as f:
+        return json.loads(f.read())
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    """Joins logs with the catalog; writes splits train, eval and catalog.
+
+    Refuses to run on inputs ExampleValidator flagged. Writes, next to the
+    splits, ``report/summary.json`` (items and pairs per split, items and
+    rows per head/tail/cold bucket, rejected rows by reason) and
+    ``report/rejects*.tsv``; the counts also become custom properties.
+    """
+
+    def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
+           exec_properties: dict[str, Any]) -> None:  # noqa: N802
+        """Runs the join (see the class docstring)."""
+        spec = spec_from_dict(json.loads(exec_properties[DATASET_SPEC_KEY]))
+        for artifact in input_dict[LOGS_ANOMALIES_KEY]:
+            anomalies.check(artifact, "logs")
+        for artifact in input_dict[CATALOG_ANOMALIES_KEY]:
+            anomalies.check(artifact, "catalog")
+        catalog = artifact_utils.get_single_instance(input_dict[CATALOG_KEY])
+        examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
+        examples.split_names = artifact_utils.encode_split_names(list(features.JOINED_SPLITS))
+        report_dir = os.path.join(examples.uri, REPORT_DIR)
+        with self._make_beam_pipeline() as pipeline:
+            log_rows = []
+            for i, logs in enumerate(sorted(input_dict[LOGS_KEY], key=lambda a: a.span)):
+                for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
+                    parsed = _read_split(pipeline, logs, split, f"logs{i}-{split}")
+                    log_rows.append(parsed | f"Tag[{i}-{split}]" >> beam.Map(
+                        lambda row, s=split: (s, row)))
+            joined, rejects, _ = ({
+                "logs": log_rows | "AllLogs" >> beam.Flatten(),
+                "catalog": _read_split(pipeline, catalog, "catalog", "catalog"),
+            } | "Join" >> beam_join.JoinLogsWithCatalog(spec))
+            for split in features.JOINED_SPLITS:
+                _ = (joined
+                     | f"Select[{split}]" >> beam.Filter(lambda e, s=split: e[0] == s)
+                     | f"Payload[{split}]" >> beam.Map(lambda e: e[2])
+                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                         os.path.join(artifact_utils.get_split_uri([examples], split),
+                                      "data_tfrecord"), file_name_suffix=".gz"))
+            _ = (rejects
+                 | "RejectLines" >> beam.Map(lambda r: r.line())
+                 | "WriteRejects" >> beam.io.WriteToText(
+                     os.path.join(report_dir, "rejects"), file_name_suffix=".tsv"))
+            _ = (_summary_pairs(joined, rejects)
+                 | "SummaryList" >> beam.combiners.ToList()
+                 | "SummaryJson" >> beam.Map(lambda kv: json.dumps(dict(sorted(kv))))
+                 | "WriteSummary" >> beam.io.WriteToText(
+                     os.path.join(report_dir, SUMMARY_FILE), shard_name_template=""))
+        summary = read_summary(examples.uri)
+        if summary[features.TRAIN_SPLIT] == 0:
+            raise rows.InputError(
+                f"no training pairs left after joining logs with the catalog ({summary}); "
+                f"see {report_dir} for the rejected rows and check that the logs' item "
+                "ids match the catalog's id column.")
+        for key, value in summary.items():
+            examples.set_int_custom_property(key, value)
+        schema = artifact_utils.get_single_instance(output_dict[SCHEMA_KEY])
+        io_utils.write_pbtxt_file(os.path.join(schema.uri, SCHEMA_FILE), joined_schema(spec))

@@ -1,0 +1,53 @@
+"""The pipeline's configuration: one frozen dataclass, validated once."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Optional
+
+from transforms.spec import DatasetSpec
+
+# DirectRunner defaults: one process per core. Other runners (Dataflow, Flink,
+# Spark) are chosen by passing their flags instead.
+LOCAL_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+
+
+@dataclasses.dataclass(frozen=True)
+class PipelineConfig:
+    """Everything ``create_pipeline`` needs.
+
+    Attributes:
+      spec: the validated dataset spec.
+      run_root: folder holding every output of this pipeline (artefacts,
+        ML Metadata, logs); re-running with the same root reuses cached steps.
+      pipeline_name: name recorded in ML Metadata.
+      beam_pipeline_args: flags for every Beam step (runner choice).
+      enable_cache: reuse outputs of steps whose inputs did not change.
+      span: ingest this log span (None: the latest span).
+    """
+
+    spec: DatasetSpec
+    run_root: str
+    pipeline_name: str = "ssl4rec"
+    beam_pipeline_args: tuple[str, ...] = LOCAL_BEAM_ARGS
+    enable_cache: bool = True
+    span: Optional[int] = None
+
+    def __post_init__(self) -> None:
+        """Validates values that have a range."""
+        if not self.run_root:
+            raise ValueError("run_root must be a folder path, got an empty string.")
+        if self.span is not None and self.span < 0:
+            raise ValueError(f"span must be >= 0, got {self.span}.")
+
+    @property
+    def pipeline_root(self) -> str:
+        """Folder of the pipeline's artefacts."""
+        return os.path.join(os.path.abspath(self.run_root), "pipeline_root")
+
+    @property
+    def metadata_path(self) -> str:
+        """SQLite ML Metadata database of local runs."""
+        return os.path.join(os.path.abspath(self.run_root), "metadata.sqlite")

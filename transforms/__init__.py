@@ -1,0 +1,1 @@
+"""Dataset contract, feature keys and the Transform preprocessing_fn."""
