@@ -1,0 +1,1 @@
+"""Pipeline steps with project code: ingest, join, correlation."""

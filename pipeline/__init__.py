@@ -1,0 +1,1 @@
+"""create_pipeline, configuration, runners and the command line."""

@@ -26,6 +26,11 @@ class PipelineConfig:
       beam_pipeline_args: flags for every Beam step (runner choice).
       enable_cache: reuse outputs of steps whose inputs did not change.
       span: ingest this log span (None: the latest span).
+      correlation_weighting: how catalog items count in the MI statistics:
+        ``items`` (each once, matching uniform SSL sampling) or
+        ``train_frequency``.
+      correlation_max_values: features with more distinct values are hashed
+        into this many buckets for the MI statistics.
     """
 
     spec: DatasetSpec
@@ -34,6 +39,8 @@ class PipelineConfig:
     beam_pipeline_args: tuple[str, ...] = LOCAL_BEAM_ARGS
     enable_cache: bool = True
     span: Optional[int] = None
+    correlation_weighting: str = "items"
+    correlation_max_values: int = 10_000
 
     def __post_init__(self) -> None:
         """Validates values that have a range."""
@@ -41,6 +48,12 @@ class PipelineConfig:
             raise ValueError("run_root must be a folder path, got an empty string.")
         if self.span is not None and self.span < 0:
             raise ValueError(f"span must be >= 0, got {self.span}.")
+        if self.correlation_weighting not in ("items", "train_frequency"):
+            raise ValueError("correlation_weighting must be 'items' or 'train_frequency', "
+                             f"got {self.correlation_weighting!r}.")
+        if self.correlation_max_values < 2:
+            raise ValueError(f"correlation_max_values must be >= 2, got "
+                             f"{self.correlation_max_values}.")
 
     @property
     def pipeline_root(self) -> str:

@@ -4,11 +4,14 @@ from __future__ import annotations
 
 from typing import Any, Optional
 
+from tfx import types
 from tfx import v1 as tfx
 from tfx.orchestration import metadata
 from tfx.orchestration import pipeline as tfx_pipeline
 from tfx.proto import range_config_pb2, transform_pb2
+from tfx.types import standard_artifacts
 
+from components.correlation.component import FeatureCorrelation
 from components.ingest import rows
 from components.ingest.component import ContractExampleGen
 from components.join.component import JoinExamples
@@ -33,20 +36,28 @@ def _validated(name: str, examples: Any, schema_file: Optional[str]) -> tuple[li
     return [stats, schema, validator], validator.outputs["anomalies"]
 
 
-def _log_window(config: PipelineConfig, logs: Any) -> tuple[list[Any], Any]:
-    """The latest ``train_spans`` ingested log spans (just the new one without spans)."""
+def _log_window(config: PipelineConfig, logs_gen: Any) -> tuple[list[Any], Any]:
+    """The latest ``train_spans`` ingested log spans (just the new one without spans).
+
+    The resolver reads every Examples artefact LogsExampleGen ever published
+    (a plain Channel on the producer, not its output channel, which would
+    only see this run's span) and keeps the latest ``train_spans`` spans.
+    """
     if not config.spec.has_spans or config.spec.train_spans == 1:
-        return [], logs
+        return [], logs_gen.outputs["examples"]
+    every_span = types.Channel(type=standard_artifacts.Examples,
+                               producer_component_id=logs_gen.id, output_key="examples")
     window = tfx.dsl.Resolver(
         strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
         config={"range_config": range_config_pb2.RangeConfig(
             rolling_range=range_config_pb2.RollingRange(num_spans=config.spec.train_spans))},
-        examples=logs).with_id("LogSpanWindow")
+        examples=every_span).with_id("LogSpanWindow")
+    window.add_upstream_node(logs_gen)
     return [window], window.outputs["examples"]
 
 
 def data_components(config: PipelineConfig) -> list[Any]:
-    """Ingestion, validation, join and Transform: the pipeline's data half."""
+    """Ingestion, validation, join, Transform and feature correlations."""
     spec = config.spec
     logs_gen = ContractExampleGen(spec, rows.LOGS, config.span).with_id("LogsExampleGen")
     catalog_gen = ContractExampleGen(spec, rows.CATALOG).with_id("CatalogExampleGen")
@@ -54,7 +65,7 @@ def data_components(config: PipelineConfig) -> list[Any]:
                                              spec.logs_schema)
     catalog_checks, catalog_anomalies = _validated("Catalog", catalog_gen.outputs["examples"],
                                                    spec.catalog_schema)
-    window, logs = _log_window(config, logs_gen.outputs["examples"])
+    window, logs = _log_window(config, logs_gen)
     join = JoinExamples(spec, logs=logs, catalog=catalog_gen.outputs["examples"],
                         logs_anomalies=logs_anomalies, catalog_anomalies=catalog_anomalies)
     analyze = [features.CATALOG_SPLIT]
@@ -67,7 +78,12 @@ def data_components(config: PipelineConfig) -> list[Any]:
         splits_config=transform_pb2.SplitsConfig(
             analyze=analyze, transform=list(features.JOINED_SPLITS)),
         custom_config={preprocessing.SPEC_KEY: spec.to_dict()})
-    return [logs_gen, catalog_gen, *logs_checks, *catalog_checks, *window, join, transform]
+    correlation = FeatureCorrelation(
+        spec, examples=join.outputs["examples"], weighting=config.correlation_weighting,
+        max_values=config.correlation_max_values)
+    correlation.add_upstream_node(transform)
+    return [logs_gen, catalog_gen, *logs_checks, *catalog_checks, *window, join, transform,
+            correlation]
 
 
 def create_pipeline(config: PipelineConfig) -> tfx_pipeline.Pipeline:

@@ -1,0 +1,1 @@
+"""Serving export and the TF Serving-compatible endpoint."""

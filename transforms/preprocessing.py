@@ -29,8 +29,8 @@ def _rows_where(values: tf.SparseTensor, keep_row: tf.Tensor) -> tf.SparseTensor
 
 
 def _vocabulary(values: tf.SparseTensor, feature: Feature, filename: str) -> Any:
-    return tft.vocabulary(values, top_k=feature.top_k,
-                          frequency_threshold=feature.frequency_threshold,
+    threshold = feature.frequency_threshold if feature.frequency_threshold > 1 else None
+    return tft.vocabulary(values, top_k=feature.top_k, frequency_threshold=threshold,
                           vocab_filename=filename)
 
 

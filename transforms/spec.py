@@ -208,7 +208,8 @@ def _feature(raw: Any, where: str, vocab_defaults: Mapping[str, Any]) -> Feature
         )
     threshold = raw.get("frequency_threshold", vocab_defaults.get("frequency_threshold", 1))
     if not isinstance(threshold, int) or threshold < 1:
-        raise SpecError(f"{where}: feature '{name}': frequency_threshold must be an int >= 1, got {threshold!r}.")
+        raise SpecError(f"{where}: feature '{name}': frequency_threshold must be an int >= 1, "
+                        f"got {threshold!r}.")
     top_k = raw.get("top_k")
     if top_k is not None and (not isinstance(top_k, int) or top_k < 1):
         raise SpecError(f"{where}: feature '{name}': top_k must be an int >= 1, got {top_k!r}.")
@@ -243,7 +244,8 @@ def _policies(raw: Mapping[str, Any]) -> dict[str, str]:
     for key, allowed in _BAD_INPUT_POLICIES.items():
         value = raw.get(key, allowed[0])
         if value not in allowed:
-            raise SpecError(f"on_bad_input.{key}: got {value!r}; allowed values are {list(allowed)}.")
+            raise SpecError(
+                f"on_bad_input.{key}: got {value!r}; allowed values are {list(allowed)}.")
         out[key] = value
     return out
 

@@ -1,0 +1,1 @@
+"""ContractExampleGen: CSV ingestion per the dataset spec."""

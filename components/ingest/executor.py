@@ -31,7 +31,8 @@ COUNTS_FILE = "counts.json"
 ROWS_OK = "rows_ok"
 
 
-def _dedupe(item: tuple[str, Iterable[rows.Row]], policy: str) -> Iterator[Union[rows.Row, rows.Reject]]:
+def _dedupe(item: tuple[str, Iterable[rows.Row]],
+            policy: str) -> Iterator[Union[rows.Row, rows.Reject]]:
     item_id, group = item
     ordered = sorted(group, key=lambda r: _location_key(r.location))
     if len(ordered) > 1 and policy == "error":

@@ -1,0 +1,1 @@
+"""JoinExamples: logs joined with the catalog."""

@@ -16,7 +16,7 @@ from tfx.types import artifact, artifact_utils
 ANOMALIES_FILE = "SchemaDiff.pb"
 
 
-class AnomaliesFound(ValueError):
+class AnomaliesFoundError(ValueError):
     """ExampleValidator reported anomalies; the message lists them."""
 
 
@@ -34,7 +34,7 @@ def describe(anomalies: anomalies_pb2.Anomalies) -> list[str]:
 
 
 def check(anomalies_artifact: artifact.Artifact, table: str) -> None:
-    """Raises :class:`AnomaliesFound` if any split of the artefact has anomalies."""
+    """Raises :class:`AnomaliesFoundError` if any split of the artefact has anomalies."""
     problems = []
     for split in artifact_utils.decode_split_names(anomalies_artifact.split_names):
         path = os.path.join(artifact_utils.get_split_uri([anomalies_artifact], split),
@@ -44,7 +44,7 @@ def check(anomalies_artifact: artifact.Artifact, table: str) -> None:
             anomalies.ParseFromString(f.read())
         problems += [f"  {table}/{split}: {line}" for line in describe(anomalies)]
     if problems:
-        raise AnomaliesFound(
+        raise AnomaliesFoundError(
             f"ExampleValidator found anomalies in the {table} data; the run stops "
             "before training:\n" + "\n".join(problems) + "\nFix the data, or, if the "
             "change is intended, update the schema (spec key `schemas`) and re-run.")

@@ -1,0 +1,1 @@
+"""Dataset adapters: MovieLens-1M and the synthetic generator."""

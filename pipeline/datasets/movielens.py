@@ -60,7 +60,7 @@ on_bad_input: {malformed_row: error, unknown_item: error, duplicate_item: error}
 """
 
 _YEAR_RE = re.compile(r"\((\d{4})\)\s*$")
-_TOKEN_RE = re.compile(r"[a-z0-9]+")
+_TOKEN_RE = re.compile(r"[^\W_]+")
 
 
 class FetchError(RuntimeError):
@@ -91,7 +91,8 @@ def _from_grouplens(raw_dir: str, timeout_s: float) -> None:
         payload = response.read()
     with zipfile.ZipFile(io.BytesIO(payload)) as archive:
         for name in SHA256:
-            with archive.open(f"ml-1m/{name}") as src, open(os.path.join(raw_dir, name), "wb") as dst:
+            target = os.path.join(raw_dir, name)
+            with archive.open(f"ml-1m/{name}") as src, open(target, "wb") as dst:
                 shutil.copyfileobj(src, dst)
 
 

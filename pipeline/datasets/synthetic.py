@@ -65,6 +65,7 @@ class SyntheticConfig:
       same_category: probability the next item shares the seed's category.
       brand_loyalty: probability an item's brand is one of its category's.
       spans: number of log span folders.
+      shard_rows: rows per CSV file (files are read in parallel).
       seed: random seed; equal seeds give byte-identical files.
     """
 
@@ -75,6 +76,7 @@ class SyntheticConfig:
     same_category: float = 0.7
     brand_loyalty: float = 0.8
     spans: int = 1
+    shard_rows: int = 250_000
     seed: int = 0
 
     def categories(self) -> int:
@@ -141,8 +143,17 @@ def logs(config: SyntheticConfig, items: pd.DataFrame, rng: np.random.Generator)
     })
 
 
+def _write_shards(frame: pd.DataFrame, folder: str, stem: str, shard_rows: int) -> None:
+    os.makedirs(folder, exist_ok=True)
+    n_shards = max(1, -(-len(frame) // shard_rows))
+    for k in range(n_shards):
+        name = f"{stem}.csv" if n_shards == 1 else f"{stem}-{k:05d}-of-{n_shards:05d}.csv"
+        frame.iloc[k * shard_rows:(k + 1) * shard_rows].to_csv(
+            os.path.join(folder, name), index=False)
+
+
 def generate(config: SyntheticConfig, out_dir: str) -> str:
-    """Writes ``catalog/items.csv``, ``logs/span-*/pairs.csv`` and ``dataset.yaml``.
+    """Writes ``catalog/items*.csv``, ``logs/span-*/pairs*.csv`` and ``dataset.yaml``.
 
     Returns:
       The path of the written spec.
@@ -150,14 +161,12 @@ def generate(config: SyntheticConfig, out_dir: str) -> str:
     rng = np.random.default_rng(config.seed)
     items = catalog(config, rng)
     pairs = logs(config, items, rng)
-    os.makedirs(os.path.join(out_dir, "catalog"), exist_ok=True)
-    items.to_csv(os.path.join(out_dir, "catalog", "items.csv"), index=False)
+    _write_shards(items, os.path.join(out_dir, "catalog"), "items", config.shard_rows)
     bounds = np.linspace(0, len(pairs), config.spans + 1).astype(int)
     for span in range(config.spans):
-        span_dir = os.path.join(out_dir, "logs", f"span-{span + 1}")
-        os.makedirs(span_dir, exist_ok=True)
-        pairs.iloc[bounds[span]:bounds[span + 1]].to_csv(
-            os.path.join(span_dir, "pairs.csv"), index=False)
+        _write_shards(pairs.iloc[bounds[span]:bounds[span + 1]],
+                      os.path.join(out_dir, "logs", f"span-{span + 1}"), "pairs",
+                      config.shard_rows)
     spec_path = os.path.join(out_dir, "dataset.yaml")
     with open(spec_path, "w", encoding="utf-8") as f:
         f.write(SPEC_YAML.format(train_spans=config.spans))

@@ -1,0 +1,80 @@
+"""Shared helpers for benchmarks: process-tree peak memory, machine facts, output."""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import subprocess
+import sys
+import threading
+import time
+from typing import Sequence
+
+import psutil
+
+RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+
+
+def machine() -> dict[str, object]:
+    """Facts about the machine a benchmark ran on."""
+    return {
+        "machine_cpus": os.cpu_count(),
+        "machine_memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "machine_platform": platform.platform(),
+        "machine_python": platform.python_version(),
+    }
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_measured(cmd: Sequence[str], env: dict[str, str], log_path: str) -> tuple[float, float]:
+    """Runs ``cmd``; returns (wall seconds, peak RSS of its process tree in MiB).
+
+    RSS is sampled every 0.2 s and summed over the process and all its
+    descendants (Beam's worker processes included).
+    """
+    peak = [0]
+    with open(log_path, "w") as log:
+        start = time.perf_counter()
+        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
+        ps = psutil.Process(proc.pid)
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                try:
+                    peak[0] = max(peak[0], _tree_rss(ps))
+                except psutil.Error:
+                    pass
+                time.sleep(0.2)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        code = proc.wait()
+        wall = time.perf_counter() - start
+        stop.set()
+        thread.join()
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with {code}; see {log_path}")
+    return wall, peak[0] / 2**20
+
+
+def write_results(name: str, values: dict[str, object], markdown: str) -> None:
+    """Writes ``results/<name>.json`` (flat keys) and ``results/<name>.md``."""
+    os.makedirs(RESULTS, exist_ok=True)
+    values = {"command": " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
+              **machine(), **values}
+    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+        json.dump(values, f, indent=2, sort_keys=True)
+        f.write("\n")
+    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+        f.write(markdown)

@@ -1,0 +1,1 @@
+"""FeatureCorrelation: mutual information between item features."""

@@ -1,0 +1,69 @@
+"""FeatureCorrelation: pairwise mutual information between item features."""
+
+from __future__ import annotations
+
+import json
+from typing import Optional
+
+from tfx import types
+from tfx.dsl.components.base import base_beam_component, executor_spec
+from tfx.types import channel, standard_artifacts
+from tfx.types.artifact import Artifact
+from tfx.types.component_spec import ChannelParameter, ExecutionParameter
+
+from components.correlation import executor
+from transforms.spec import DatasetSpec
+
+
+class FeatureCorrelations(Artifact):
+    """MI / NMI between item features, entropies, supports and CFM groups."""
+
+    TYPE_NAME = "FeatureCorrelations"
+
+
+class FeatureCorrelationSpec(types.ComponentSpec):
+    """Inputs, outputs and parameters of :class:`FeatureCorrelation`."""
+
+    PARAMETERS = {
+        executor.DATASET_SPEC_KEY: ExecutionParameter(type=str),
+        executor.WEIGHTING_KEY: ExecutionParameter(type=str),
+        executor.MAX_VALUES_KEY: ExecutionParameter(type=int),
+        executor.N_MASKED_KEY: ExecutionParameter(type=int, optional=True),
+    }
+    INPUTS = {executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
+    OUTPUTS = {executor.CORRELATION_KEY: ChannelParameter(type=FeatureCorrelations)}
+
+
+class FeatureCorrelation(base_beam_component.BaseBeamComponent):
+    """Computes MI between every pair of item features over the catalog split.
+
+    Args:
+      spec: the dataset spec (which features, which is the id).
+      examples: the joined Examples (its ``catalog`` split is read).
+      weighting: ``items`` (each catalog item once, the default: matches the
+        uniform SSL distribution) or ``train_frequency`` (items weighted by
+        their training count; cold items drop out).
+      max_values: features with more distinct values are hashed into this
+        many buckets (bias: MI is underestimated for them).
+      n_masked: size of each CFM masked set, seed included (default
+        ``1 + ceil(m / 2)`` for ``m`` non-id features, i.e. the seed plus
+        ``floor(k / 2)`` others for ``k = m + 1`` features).
+    """
+
+    SPEC_CLASS = FeatureCorrelationSpec
+    EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
+
+    def __init__(self, spec: DatasetSpec, examples: types.BaseChannel,
+                 weighting: str = "items", max_values: int = 10_000,
+                 n_masked: Optional[int] = None) -> None:
+        """Builds the component."""
+        if weighting not in executor.WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {executor.WEIGHTINGS}, "
+                             f"got {weighting!r}.")
+        if max_values < 2:
+            raise ValueError(f"max_values must be >= 2, got {max_values}.")
+        super().__init__(spec=FeatureCorrelationSpec(
+            dataset_spec=json.dumps(spec.to_dict(), sort_keys=True),
+            weighting=weighting, max_values=max_values, n_masked=n_masked,
+            examples=examples,
+            correlation=channel.Channel(type=FeatureCorrelations)))

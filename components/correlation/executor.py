@@ -1,0 +1,112 @@
+"""Executor of FeatureCorrelation: MI statistics over the catalog split."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any
+
+import apache_beam as beam
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils
+
+from components.correlation import beam_mi, report
+from transforms import features
+from transforms.spec import spec_from_dict
+
+EXAMPLES_KEY = "examples"
+CORRELATION_KEY = "correlation"
+DATASET_SPEC_KEY = "dataset_spec"
+WEIGHTING_KEY = "weighting"
+MAX_VALUES_KEY = "max_values"
+N_MASKED_KEY = "n_masked"
+WEIGHTINGS = ("items", "train_frequency")
+
+
+class MissingFeatureError(ValueError):
+    """A spec feature is absent from every catalog row."""
+
+
+def catalog_item(row: dict[str, list[Any]], names: list[str], weighting: str
+                 ) -> tuple[dict[str, list[bytes]], float]:
+    """A joined catalog row as ``({feature: values}, weight)``."""
+    item = {f: row.get(features.item_key(f), []) for f in names}
+    if weighting == "items":
+        return item, 1.0
+    return item, float(row[features.ITEM_TRAIN_COUNT][0])
+
+
+def _parse(serialized: bytes) -> dict[str, list[Any]]:
+    import tensorflow as tf
+
+    example = tf.train.Example.FromString(serialized)
+    out: dict[str, list[Any]] = {}
+    for key, feature in example.features.feature.items():
+        kind = feature.WhichOneof("kind")
+        out[key] = list(getattr(feature, kind).value) if kind else []
+    return out
+
+
+def check_features_present(uri: str, names: list[str]) -> None:
+    """Raises MissingFeatureError if a feature key is absent from the first catalog rows."""
+    import tensorflow as tf
+
+    files = tf.io.gfile.glob(os.path.join(uri, "*"))
+    seen: set[str] = set()
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(100):
+        seen |= set(tf.train.Example.FromString(record.numpy()).features.feature)
+    missing = [f for f in names if features.item_key(f) not in seen]
+    if missing:
+        raise MissingFeatureError(
+            f"FeatureCorrelation: catalog examples under {uri} have no feature(s) "
+            f"{[features.item_key(f) for f in missing]}; the dataset spec and the joined "
+            "examples disagree. Re-run the join with the current spec.")
+
+
+def _tuples(value: Any) -> Any:
+    if isinstance(value, list):
+        return tuple(_tuples(v) for v in value)
+    return value
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    """Computes the MI artefact (see :mod:`components.correlation.report`)."""
+
+    def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
+           exec_properties: dict[str, Any]) -> None:  # noqa: N802
+        """Runs the Beam job and writes ``correlation.json`` and the heat map."""
+        spec = spec_from_dict(json.loads(exec_properties[DATASET_SPEC_KEY]))
+        weighting = exec_properties.get(WEIGHTING_KEY) or "items"
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
+        max_values = int(exec_properties.get(MAX_VALUES_KEY) or 10_000)
+        names = [f.name for f in spec.item_features if f.name != spec.item_id]
+        n_masked = int(exec_properties.get(N_MASKED_KEY) or
+                       min(1 + (len(names) + 1) // 2, len(names)))
+        examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
+        catalog_uri = artifact_utils.get_split_uri([examples], features.CATALOG_SPLIT)
+        check_features_present(catalog_uri, [spec.item_id, *names])
+        out = artifact_utils.get_single_instance(output_dict[CORRELATION_KEY])
+        result: list[Any] = []
+        with self._make_beam_pipeline() as pipeline:
+            stats = (pipeline
+                     | "Read" >> beam.io.ReadFromTFRecord(os.path.join(catalog_uri, "*"))
+                     | "Parse" >> beam.Map(_parse)
+                     | "Item" >> beam.Map(catalog_item, names, weighting)
+                     | "Sums" >> beam_mi.CorrelationSums(names, max_values))
+            _ = (stats
+                 | "ToJson" >> beam.Map(lambda s: json.dumps(
+                     [[list(k), v] for k, v in s], default=list))
+                 | "WriteSums" >> beam.io.WriteToText(
+                     os.path.join(out.uri, "sums.json"), shard_name_template=""))
+        import tensorflow as tf
+
+        with tf.io.gfile.GFile(os.path.join(out.uri, "sums.json")) as f:
+            result = [(_tuples(k), _tuples(v)) for k, v in json.loads(f.read())]
+        tf.io.gfile.remove(os.path.join(out.uri, "sums.json"))
+        doc = report.assemble(result, spec.item_id, names, n_masked, weighting)
+        report.write(doc, out.uri)
+        for line in report.describe_groups(doc):
+            logging.info("CFM %s", line)
+        out.set_string_custom_property("groups", "\n".join(report.describe_groups(doc)))

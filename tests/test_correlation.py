@@ -1,0 +1,117 @@
+"""MI statistics against independent oracles (scikit-learn, hand computation)."""
+
+import math
+import os
+import pickle
+import tempfile
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
+
+from components.correlation import beam_mi, estimator, report
+
+
+def _run(items, names, max_values=10_000, weights=None, n_masked=2):
+    weights = weights or [1.0] * len(items)
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sums.pickle")
+        with beam.Pipeline() as p:
+            _ = (p | beam.Create(list(zip(items, weights)))
+                 | beam_mi.CorrelationSums(names, max_values)
+                 | beam.Map(lambda s: pickle.dump(s, open(path, "wb"))))
+        with open(path, "rb") as f:
+            sums = pickle.load(f)
+    return report.assemble(sums, "id", names, n_masked, "items")
+
+
+def _random_items(n, seed):
+    rng = np.random.default_rng(seed)
+    a = rng.integers(0, 6, n)
+    b = np.where(rng.random(n) < 0.6, a, rng.integers(0, 6, n))      # correlated with a
+    c = rng.integers(0, 4, n)                                         # independent
+    items = [{"a": [b"a%d" % x], "b": [b"b%d" % y], "c": [b"c%d" % z], "d": [b"a%d" % x]}
+             for x, y, z in zip(a, b, c)]
+    return items, a, b, c
+
+
+def test_single_valued_matches_sklearn():
+    items, a, b, c = _random_items(3000, seed=0)
+    doc = _run(items, ["a", "b", "c", "d"])
+    idx = {f: i for i, f in enumerate(doc["features"])}
+    mi, nmi = np.array(doc["mi"]), np.array(doc["nmi"])
+    for (f, x), (g, y) in [(("a", a), ("b", b)), (("a", a), ("c", c)), (("b", b), ("c", c))]:
+        assert mi[idx[f], idx[g]] == pytest.approx(mutual_info_score(x, y), abs=1e-9)
+        assert nmi[idx[f], idx[g]] == pytest.approx(
+            normalized_mutual_info_score(x, y, average_method="geometric"), abs=1e-9)
+    assert doc["entropy"]["a"] == pytest.approx(mutual_info_score(a, a), abs=1e-9)
+    # Invariants: symmetry, bounds, a duplicated feature has MI = its entropy.
+    assert np.allclose(mi, mi.T) and np.allclose(nmi, nmi.T)
+    h = np.array([doc["entropy"][f] for f in doc["features"]])
+    assert (mi >= 0).all() and (mi <= np.minimum.outer(h, h) + 1e-9).all()
+    assert mi[idx["a"], idx["d"]] == pytest.approx(doc["entropy"]["a"])
+    assert nmi[idx["a"], idx["d"]] == pytest.approx(1.0)
+    # The id determines everything: MI(id, f) = H(f), H(id) = log N.
+    assert mi[0, idx["b"]] == pytest.approx(doc["entropy"]["b"])
+    assert doc["entropy"]["id"] == pytest.approx(math.log(3000))
+
+
+def test_independent_features_near_zero_on_large_samples():
+    rng = np.random.default_rng(1)
+    x, y = rng.integers(0, 5, 50_000), rng.integers(0, 5, 50_000)
+    items = [{"x": [b"%d" % u], "y": [b"%d" % v]} for u, v in zip(x, y)]
+    doc = _run(items, ["x", "y"], n_masked=1)
+    assert doc["mi"][1][2] < 1e-3     # plug-in bias ~ (5-1)(5-1) / (2N) = 1.6e-4
+
+
+def test_multivalued_hand_computed():
+    # Item 1: tags {p, q}, kind k -> cells (p,k) 1/2, (q,k) 1/2.
+    # Item 2: tags {p},    kind k -> (p,k) 1.   Item 3: tags {q}, kind m -> (q,m) 1.
+    # Joint: (p,k)=1.5/3, (q,k)=0.5/3, (q,m)=1/3; marginals p=.5, q=.5; k=2/3, m=1/3.
+    items = [{"tags": [b"p", b"q"], "kind": [b"k"]}, {"tags": [b"p"], "kind": [b"k"]},
+             {"tags": [b"q"], "kind": [b"m"]}]
+    joint = {("p", "k"): .5, ("q", "k"): 1 / 6, ("q", "m"): 1 / 3}
+    pt, pk = {"p": .5, "q": .5}, {"k": 2 / 3, "m": 1 / 3}
+    expected = sum(v * math.log(v / (pt[t] * pk[k])) for (t, k), v in joint.items())
+    doc = _run(items, ["tags", "kind"], n_masked=1)
+    i, j = doc["features"].index("tags"), doc["features"].index("kind")
+    assert doc["mi"][i][j] == pytest.approx(expected, abs=1e-12)
+    assert estimator.exact_mi(items, "tags", "kind")[0] == pytest.approx(expected, abs=1e-12)
+    # MI(id, tags) = H(tags) - mean log|tags| = log 2 - (log 2)/3.
+    assert doc["mi"][0][i] == pytest.approx(math.log(2) - math.log(2) / 3)
+
+
+def test_train_frequency_weighting_equals_repeating_items():
+    items, *_ = _random_items(200, seed=3)
+    weights = [float(k % 3) for k in range(200)]
+    repeated = [it for it, w in zip(items, weights) for _ in range(int(w))]
+    doc_w = _run(items, ["a", "b", "c"], weights=weights)
+    doc_r = _run(repeated, ["a", "b", "c"])
+    assert np.allclose(np.array(doc_w["mi"])[1:, 1:], np.array(doc_r["mi"])[1:, 1:])
+
+
+def test_hashing_high_cardinality_can_only_lower_mi():
+    items, *_ = _random_items(2000, seed=4)
+    exact = _run(items, ["a", "b"])
+    hashed = _run(items, ["a", "b"], max_values=3)      # a and b have 6 values -> hashed
+    assert hashed["support"]["a"]["hashed_into_buckets"] == 3
+    assert hashed["mi"][1][2] <= exact["mi"][1][2] + 1e-12
+
+
+def test_degenerate_features_are_reported_not_fatal():
+    items = [{"a": [b"%d" % (k % 3)], "const": [b"x"], "empty": []} for k in range(30)]
+    doc = _run(items, ["a", "const", "empty"])
+    assert set(doc["degenerate"]) == {"const", "empty"}
+    assert doc["mi"][1][2] == 0.0 and doc["mi"][1][3] == 0.0
+    assert any("const is degenerate" in line for line in report.describe_groups(doc))
+
+
+def test_cfm_groups_seed_plus_top_nmi():
+    names = ["id", "a", "b", "c"]
+    nmi = [[1, .1, .2, .3], [.1, 1, .9, .0], [.2, .9, 1, .5], [.3, .0, .5, 1]]
+    groups = estimator.cfm_groups(names, nmi, 2)
+    assert groups == {"id": ["id", "c"], "a": ["a", "b"], "b": ["b", "a"], "c": ["c", "b"]}
+    assert estimator.cfm_groups(names, nmi, 3)["b"] == ["b", "a", "c"]
+    with pytest.raises(ValueError, match="n_masked must be in"):
+        estimator.cfm_groups(names, nmi, 4)

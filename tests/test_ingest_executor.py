@@ -1,0 +1,90 @@
+"""The ingest executor run directly on bad inputs: clear errors, counted rejects."""
+
+import json
+import os
+
+import pytest
+import tensorflow as tf
+from tfx.proto import example_gen_pb2
+from tfx.types import standard_artifacts
+from tfx.utils import proto_utils
+
+from components.ingest import executor, rows
+from components.ingest.component import ContractExampleGen
+from tests.conftest import tiny_spec, write
+
+
+def _ingest(spec, table, pattern, out_dir):
+    component = ContractExampleGen(spec, table)
+    props = dict(component.exec_properties)
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(props["input_config"], input_config)
+    input_config.splits[0].pattern = pattern
+    props["input_config"] = proto_utils.proto_to_json(input_config)
+    examples = standard_artifacts.Examples()
+    examples.uri = str(out_dir)
+    executor.Executor().Do({}, {"examples": [examples]}, props)
+    return examples
+
+
+def _count_records(examples, split):
+    pattern = os.path.join(examples.uri, f"Split-{split}", "*")
+    return sum(sum(1 for _ in tf.data.TFRecordDataset(f, compression_type="GZIP"))
+               for f in tf.io.gfile.glob(pattern))
+
+
+def test_logs_are_split_and_rejects_reported(tiny_root, tmp_path):
+    spec = tiny_spec(tiny_root)
+    write(os.path.join(spec.logs.base, "span-2", "p.csv"), """\
+        user,seed,item,device
+        u1,a,b,mobile
+        u1,a
+        u2,a,c,mobile
+        """)
+    examples = _ingest(spec, rows.LOGS, "span-2/*.csv", tmp_path / "out")
+    assert examples.get_int_custom_property(executor.ROWS_OK) == 2
+    assert examples.get_int_custom_property(rows.MALFORMED) == 1
+    assert _count_records(examples, "train") + _count_records(examples, "eval") == 2
+    report = tf.io.gfile.glob(str(tmp_path / "out" / "report" / "rejects*.tsv"))
+    lines = [line for f in report for line in open(f).read().splitlines()]
+    assert lines == [f"malformed_row\t{spec.logs.base}/span-2/p.csv:3\t1\t"
+                     "expected 4 fields as in the header, got 2"]
+
+
+def test_empty_span_fails_and_names_it(tiny_root, tmp_path):
+    spec = tiny_spec(tiny_root)
+    write(os.path.join(spec.logs.base, "span-3", "p.csv"), "user,seed,item,device\n")
+    with pytest.raises(rows.InputError, match="has no valid row"):
+        _ingest(spec, rows.LOGS, "span-3/*.csv", tmp_path / "out")
+
+
+def test_missing_file_fails(tiny_root, tmp_path):
+    spec = tiny_spec(tiny_root)
+    with pytest.raises(rows.InputError, match=r"no logs file matches .*span-9/\*\.csv"):
+        _ingest(spec, rows.LOGS, "span-9/*.csv", tmp_path / "out")
+
+
+def test_duplicate_catalog_id_is_an_error_naming_both_rows(tiny_root, tmp_path):
+    spec = tiny_spec(tiny_root)
+    write(os.path.join(spec.catalog.base, "more.csv"), "item_id,genre,year\nb,q,2001\n")
+    with pytest.raises(Exception, match=r"catalog item id 'b' appears 2 times \(.*items.csv:3, "
+                                        r".*more.csv:2\)"):
+        _ingest(spec, rows.CATALOG, "*.csv", tmp_path / "out")
+
+
+def test_duplicate_catalog_id_keep_first_is_counted(tiny_root, tmp_path):
+    spec = tiny_spec(tiny_root, on_bad_input__duplicate_item="keep_first")
+    write(os.path.join(spec.catalog.base, "more.csv"), "item_id,genre,year\nb,q,2001\n")
+    examples = _ingest(spec, rows.CATALOG, "*.csv", tmp_path / "out")
+    assert examples.get_int_custom_property(executor.ROWS_OK) == 4
+    assert examples.get_int_custom_property(rows.DUPLICATE) == 1
+    split = os.path.join(examples.uri, "Split-catalog")
+    years = []
+    for name in tf.io.gfile.listdir(split):
+        for record in tf.data.TFRecordDataset(os.path.join(split, name), "GZIP"):
+            ex = tf.train.Example.FromString(record.numpy())
+            if ex.features.feature["item_id"].bytes_list.value == [b"b"]:
+                years += list(ex.features.feature["year"].bytes_list.value)
+    assert years == [b"1995"]          # the first definition (items.csv) is kept
+    assert json.loads(open(os.path.join(examples.uri, "report", "counts.json")).read()) == {
+        "duplicate_item": 1, "rows_ok": 4}

@@ -1,0 +1,81 @@
+"""The join step on a hand-built case: features, counts, buckets, rejects."""
+
+import apache_beam as beam
+import pytest
+import tensorflow as tf
+from apache_beam.testing.util import assert_that, equal_to
+
+from components.ingest import rows
+from components.join import beam_join
+from tests.conftest import tiny_spec
+from transforms import features
+
+
+def test_head_boundary_ranks_by_count_then_id():
+    counts = [(5, b"a"), (1, b"b"), (5, b"c"), (2, b"d"), (1, b"e")]
+    # ceil(0.1 * 5) = 1 head item: the most frequent, tie broken by id -> a.
+    assert beam_join.head_boundary(counts, 0.1) == (5, b"a")
+    # ceil(0.5 * 5) = 3 head items: a, c, d.
+    boundary = beam_join.head_boundary(counts, 0.5)
+    assert boundary == (2, b"d")
+    got = {i: beam_join.bucket(n, i, boundary) for n, i in counts}
+    assert got == {b"a": "head", b"c": "head", b"d": "head", b"b": "tail", b"e": "tail"}
+    assert beam_join.bucket(0, b"z", boundary) == "cold"
+    assert beam_join.head_boundary([], 0.1) is None
+
+
+def _log(seed, item, device=b"m"):
+    return {"seed": [seed], "item": [item], "device": [device], "user": [b"u"]}
+
+
+def _catalog(item_id, genre, year):
+    return {"item_id": [item_id], "genre": genre, "year": year}
+
+
+def _decode(element):
+    split, bucket, payload = element
+    example = tf.train.Example.FromString(payload)
+    f = example.features.feature
+    get = lambda k: list(f[k].bytes_list.value) if k in f else None  # noqa: E731
+    count = f[features.ITEM_TRAIN_COUNT].int64_list.value[0]
+    return (split, bucket, get("query_item_id"), get("item_item_id"), get("query_genre"),
+            get("item_genre"), get("context_device"), count,
+            f[features.IS_CATALOG_ROW].int64_list.value[0])
+
+
+def test_join_attaches_features_counts_and_buckets(tiny_root):
+    spec = tiny_spec(tiny_root, head_fraction=0.5)
+    catalog = [_catalog(b"a", [b"x", b"y"], [b"1990"]), _catalog(b"b", [b"y"], [b"1995"]),
+               _catalog(b"c", [], [b"2000"]), _catalog(b"d", [b"z"], [])]
+    logs = [("train", _log(b"a", b"b")), ("train", _log(b"c", b"b")),
+            ("train", _log(b"b", b"c", b"d")), ("eval", _log(b"a", b"c")),
+            ("eval", _log(b"b", b"d")), ("train", _log(b"q", b"a")),   # unknown query
+            ("train", _log(b"a", b"zz")), ("eval", _log(b"b", b"zz"))]  # unknown item
+    with beam.Pipeline() as p:
+        examples, rejects, counts = ({"logs": p | "L" >> beam.Create(logs),
+                                      "catalog": p | "C" >> beam.Create(catalog)}
+                                     | beam_join.JoinLogsWithCatalog(spec))
+        # Seen in training: b twice, c once -> 2 items, head = ceil(0.5*2) = 1 -> b.
+        assert_that(examples | beam.Map(_decode), equal_to([
+            ("train", "head", [b"a"], [b"b"], [b"x", b"y"], [b"y"], [b"m"], 2, 0),
+            ("train", "head", [b"c"], [b"b"], [], [b"y"], [b"m"], 2, 0),
+            ("train", "tail", [b"b"], [b"c"], [b"y"], [], [b"d"], 1, 0),
+            ("eval", "tail", [b"a"], [b"c"], [b"x", b"y"], [], [b"m"], 1, 0),
+            ("eval", "cold", [b"b"], [b"d"], [b"y"], [b"z"], [b"m"], 0, 0),
+            ("catalog", "cold", None, [b"a"], None, [b"x", b"y"], None, 0, 1),
+            ("catalog", "head", None, [b"b"], None, [b"y"], None, 2, 1),
+            ("catalog", "tail", None, [b"c"], None, [], None, 1, 1),
+            ("catalog", "cold", None, [b"d"], None, [b"z"], None, 0, 1),
+        ]), label="examples")
+        assert_that(rejects | beam.Map(lambda r: (r.kind, r.location, r.n_rows)), equal_to([
+            (rows.UNKNOWN, "item=zz", 2), (rows.UNKNOWN, "query=q", 1)]), label="rejects")
+        assert_that(counts, equal_to([(b"b", 2), (b"c", 1)]), label="counts")
+
+
+def test_unknown_item_policy_error_names_the_id(tiny_root):
+    spec = tiny_spec(tiny_root, on_bad_input__unknown_item="error")
+    with pytest.raises(Exception, match=r"item id 'zz' is not in the catalog \(1 log rows\)"):
+        with beam.Pipeline() as p:
+            _ = ({"logs": p | "L" >> beam.Create([("train", _log(b"a", b"zz"))]),
+                  "catalog": p | "C" >> beam.Create([_catalog(b"a", [], [])])}
+                 | beam_join.JoinLogsWithCatalog(spec))
