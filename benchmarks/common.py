@@ -9,7 +9,7 @@ import subprocess
 import sys
 import threading
 import time
-from typing import Sequence
+from typing import Callable, Sequence
 
 import psutil
 
@@ -68,8 +68,12 @@ def run_measured(cmd: Sequence[str], env: dict[str, str], log_path: str) -> tupl
     return wall, peak[0] / 2**20
 
 
-def write_results(name: str, values: dict[str, object], markdown: str) -> None:
-    """Writes ``results/<name>.json`` (flat keys) and ``results/<name>.md``."""
+def write_results(name: str, values: dict[str, object],
+                  markdown: Callable[[dict[str, object]], str]) -> None:
+    """Writes ``results/<name>.json`` (flat keys) and ``results/<name>.md``.
+
+    ``markdown`` renders the values (with ``command`` and machine facts added).
+    """
     os.makedirs(RESULTS, exist_ok=True)
     values = {"command": " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
               **machine(), **values}
@@ -77,4 +81,4 @@ def write_results(name: str, values: dict[str, object], markdown: str) -> None:
         json.dump(values, f, indent=2, sort_keys=True)
         f.write("\n")
     with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
-        f.write(markdown)
+        f.write(markdown(values))

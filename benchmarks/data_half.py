@@ -104,7 +104,7 @@ def main() -> None:
     values["ratio_s_per_pair_synthetic_vs_movielens"] = round(
         (values["synthetic_wall_s"] / values["synthetic_log_pairs"])
         / (values["movielens_wall_s"] / values["movielens_log_pairs"]), 2)
-    write_results("data_half", values, _markdown(values, ["movielens", "synthetic"]))
+    write_results("data_half", values, lambda v: _markdown(v, ["movielens", "synthetic"]))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -17,6 +17,7 @@ import pandas as pd
 import pytest
 import tensorflow as tf
 
+from components.correlation import report as correlation_report
 from components.join import executor as join_executor
 from pipeline import records
 from pipeline.datasets import synthetic
@@ -28,7 +29,7 @@ pytestmark = pytest.mark.slow
 NAME = "ssl4rec"
 DATA_NODES = ["LogsExampleGen", "CatalogExampleGen", "LogsStatisticsGen", "LogsSchemaGen",
               "LogsExampleValidator", "CatalogStatisticsGen", "CatalogSchemaGen",
-              "CatalogExampleValidator", "JoinExamples", "Transform"]
+              "CatalogExampleValidator", "JoinExamples", "Transform", "FeatureCorrelation"]
 IN_MEMORY = ["--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
 
 
@@ -125,6 +126,16 @@ def test_data_half_end_to_end(tmp_path):
     vocab = os.path.join(transform.outputs["transform_graph"][0], "transform_fn", "assets",
                          features.vocabulary_name(spec.item_id))
     assert sum(1 for _ in open(vocab)) == len(items)
+
+    # The MI statistics recover the structure the generator planted.
+    correlation = records.latest(store, NAME, "FeatureCorrelation")
+    doc = correlation_report.read(correlation.outputs["correlation"][0])
+    assert doc["ranking"]["category"][0] == "subcategory"     # determines category
+    assert doc["ranking"]["category"][-1] == "price"          # planted independent
+    assert doc["groups"]["subcategory"][:2] == ["subcategory", "category"]
+    assert os.path.getsize(os.path.join(correlation.outputs["correlation"][0],
+                                        correlation_report.PNG_FILE)) > 1000
+    assert "CFM groups" in out and "seed category: mask {category, subcategory" in out
 
     # 3. Same inputs again: every step is cached.
     _run(_cli(spec_path, run_root, "--span", "1"))
