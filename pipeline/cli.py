@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from typing import Optional, Sequence
 
+import yaml
+
 from components.ingest.rows import InputError
+from pipeline.config import PipelineConfig
 from transforms.spec import SpecError, load_spec
 
 
@@ -27,6 +31,11 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--all-spans", action="store_true",
                      help="ingest every log span in order, one run per span")
     run.add_argument("--no-cache", action="store_true", help="re-execute every step")
+    run.add_argument("--hparams", default=None, metavar="JSON|FILE",
+                     help="Trainer hyper-parameters: a JSON object or a JSON/YAML file")
+    run.add_argument("--variants", default="cfm",
+                     help="comma-separated Trainer variants; the first is the main model "
+                          "(default: cfm)")
     ml = sub.add_parser("movielens", help="fetch MovieLens-1M and write it as a dataset")
     ml.add_argument("--out", default="data/movielens-1m")
     ml.add_argument("--cache", default="data/cache")
@@ -39,9 +48,34 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _hparams(value: Optional[str]) -> dict:
+    """Parses ``--hparams``: inline JSON or a JSON/YAML file."""
+    if not value:
+        return {}
+    text = value
+    if os.path.isfile(value):
+        with open(value, encoding="utf-8") as f:
+            text = f.read()
+    try:
+        parsed = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise SpecError(f"--hparams: not JSON/YAML: {e}") from e
+    if not isinstance(parsed, dict):
+        raise SpecError(f"--hparams: expected a mapping of hyper-parameters, got {value!r}.")
+    return parsed
+
+
+def _config(**kwargs: object) -> PipelineConfig:
+    """Builds the PipelineConfig; its validation errors exit like spec errors."""
+    try:
+        return PipelineConfig(**kwargs)
+    except (TypeError, ValueError) as e:
+        raise SpecError(str(e)) from e
+
+
 def _run(args: argparse.Namespace) -> int:
     from pipeline import preflight, runner, summary
-    from pipeline.config import LOCAL_BEAM_ARGS, PipelineConfig
+    from pipeline.config import LOCAL_BEAM_ARGS
 
     spec = load_spec(args.dataset)
     spans: list[Optional[int]] = [args.span]
@@ -49,10 +83,11 @@ def _run(args: argparse.Namespace) -> int:
         spans = list(preflight.spans(spec.logs)) or [None]
     for span in spans:
         preflight.check(spec, span)
-        config = PipelineConfig(
+        config = _config(
             spec=spec, run_root=args.run_root or f"runs/{spec.name}",
             beam_pipeline_args=tuple(args.beam_arg or LOCAL_BEAM_ARGS),
-            enable_cache=not args.no_cache, span=span)
+            enable_cache=not args.no_cache, span=span, hparams=_hparams(args.hparams),
+            train_variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
         runner.run(config, args.runner)
     print(summary.summarize(config))
     return 0

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Optional
+from typing import Any, Mapping, Optional
 
+from components.trainer import hparams
 from transforms.spec import DatasetSpec
 
 # DirectRunner defaults: one process per core. Other runners (Dataflow, Flink,
@@ -31,6 +32,10 @@ class PipelineConfig:
         ``train_frequency``.
       correlation_max_values: features with more distinct values are hashed
         into this many buckets for the MI statistics.
+      hparams: Trainer hyper-parameters (see ``components.trainer.hparams``);
+        validated here, once.
+      train_variants: one Trainer per variant; the first is ``Trainer``, the
+        others ``Trainer_<variant>`` (baselines and ablations side by side).
     """
 
     spec: DatasetSpec
@@ -41,6 +46,8 @@ class PipelineConfig:
     span: Optional[int] = None
     correlation_weighting: str = "items"
     correlation_max_values: int = 10_000
+    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    train_variants: tuple[str, ...] = ("cfm",)
 
     def __post_init__(self) -> None:
         """Validates values that have a range."""
@@ -51,9 +58,20 @@ class PipelineConfig:
         if self.correlation_weighting not in ("items", "train_frequency"):
             raise ValueError("correlation_weighting must be 'items' or 'train_frequency', "
                              f"got {self.correlation_weighting!r}.")
+        hparams.from_dict(self.hparams)
+        if not self.train_variants:
+            raise ValueError("train_variants must name at least one variant.")
+        for variant in self.train_variants:
+            if variant not in hparams.VARIANTS:
+                raise ValueError(f"train_variants: {variant!r} is not one of {hparams.VARIANTS}.")
         if self.correlation_max_values < 2:
             raise ValueError(f"correlation_max_values must be >= 2, got "
                              f"{self.correlation_max_values}.")
+
+    def trainer_config(self, variant: str) -> dict[str, Any]:
+        """The Trainer's ``custom_config`` for ``variant``."""
+        return {"hparams": {**self.hparams, "variant": variant},
+                "dataset_spec": self.spec.to_dict()}
 
     @property
     def pipeline_root(self) -> str:

@@ -15,6 +15,8 @@ from components.correlation.component import FeatureCorrelation
 from components.ingest import rows
 from components.ingest.component import ContractExampleGen
 from components.join.component import JoinExamples
+from components.trainer import hparams
+from components.trainer.component import SslTrainer
 from pipeline.config import PipelineConfig
 from transforms import features, preprocessing
 
@@ -86,12 +88,32 @@ def data_components(config: PipelineConfig) -> list[Any]:
             correlation]
 
 
+def trainers(config: PipelineConfig, transform: Any, correlation: Any) -> list[Any]:
+    """One SslTrainer per configured variant; the first one is ``Trainer``."""
+    steps = hparams.from_dict(config.hparams).train_steps
+    out = []
+    for i, variant in enumerate(config.train_variants):
+        trainer = SslTrainer(
+            examples=transform.outputs["transformed_examples"],
+            transform_graph=transform.outputs["transform_graph"],
+            correlation=correlation.outputs["correlation"],
+            custom_config=config.trainer_config(variant), train_steps=steps)
+        out.append(trainer.with_id("Trainer" if i == 0 else f"Trainer_{variant}"))
+    return out
+
+
+def _all_components(config: PipelineConfig) -> list[Any]:
+    data = data_components(config)
+    by_id = {c.id: c for c in data}
+    return data + trainers(config, by_id["Transform"], by_id["FeatureCorrelation"])
+
+
 def create_pipeline(config: PipelineConfig) -> tfx_pipeline.Pipeline:
     """Builds the pipeline; the same object runs locally or compiles for Kubeflow."""
     return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
-        components=data_components(config),
+        components=_all_components(config),
         enable_cache=config.enable_cache,
         metadata_connection_config=metadata.sqlite_metadata_connection_config(
             config.metadata_path),

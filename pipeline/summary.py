@@ -76,4 +76,10 @@ def summarize(config: PipelineConfig) -> str:
                   f"  CFM groups ({doc['weighting']} weighting, masked set of "
                   f"{doc['n_masked']} of {len(doc['features'])} features):"]
         lines += [f"    {line}" for line in correlation_report.describe_groups(doc)]
+    for i, variant in enumerate(config.train_variants):
+        node = "Trainer" if i == 0 else f"Trainer_{variant}"
+        trainer = records.latest(store, name, node)
+        if trainer:
+            lines += [f"{node} ({variant}) [{trainer.state}] -> {trainer.outputs['model'][0]}",
+                      f"  TensorBoard: {trainer.outputs['model_run'][0]}"]
     return "\n".join(lines)

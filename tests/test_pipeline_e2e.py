@@ -6,6 +6,7 @@ against a pandas oracle of the split rule and the head/tail/cold buckets.
 """
 
 import hashlib
+import json
 import math
 import os
 import signal
@@ -29,13 +30,30 @@ pytestmark = pytest.mark.slow
 NAME = "ssl4rec"
 DATA_NODES = ["LogsExampleGen", "CatalogExampleGen", "LogsStatisticsGen", "LogsSchemaGen",
               "LogsExampleValidator", "CatalogStatisticsGen", "CatalogSchemaGen",
-              "CatalogExampleValidator", "JoinExamples", "Transform", "FeatureCorrelation"]
+              "CatalogExampleValidator", "JoinExamples", "Transform", "FeatureCorrelation",
+              "Trainer"]
 IN_MEMORY = ["--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
+HPARAMS = json.dumps({"train_steps": 60, "steps_per_epoch": 20, "batch_size": 64,
+                      "ssl_batch_size": 64, "hidden_units": [32, 16], "embedding_dim": 8,
+                      "share_towers": False, "learning_rate": 0.1})
+VARIANTS = ["cfm", "baseline", "fd", "so", "rfm", "independent_masks", "cfm_no_dropout",
+            "dropout_only"]
 
 
 def _cli(spec_path, run_root, *extra):
     return [sys.executable, "-m", "pipeline", "run", "--dataset", spec_path,
-            "--run-root", run_root, "--runner", "local", *IN_MEMORY, *extra]
+            "--run-root", run_root, "--runner", "local", *IN_MEMORY, "--hparams", HPARAMS,
+            *extra]
+
+
+def _epoch_losses(model_run_uri, tag="epoch_loss"):
+    values = []
+    for path in sorted(tf.io.gfile.glob(os.path.join(model_run_uri, "train", "events*"))):
+        for event in tf.compat.v1.train.summary_iterator(path):
+            for v in event.summary.value:
+                if v.tag == tag:
+                    values.append((event.step, float(tf.make_ndarray(v.tensor))))
+    return [v for _, v in sorted(values)]
 
 
 def _env():
@@ -142,8 +160,24 @@ def test_data_half_end_to_end(tmp_path):
     again = _states(run_root)
     assert all(states[-1] == "CACHED" for states in again.values()), again
 
-    # 4. A new span: ingested alone, joined together with span 1 (train_spans=2).
-    _run(_cli(spec_path, run_root, "--span", "2"))
+    # The Trainer (CFM) trained from the correlation artefact and exported.
+    trainer = records.latest(store, NAME, "Trainer")
+    losses = _epoch_losses(trainer.outputs["model_run"][0])
+    assert len(losses) == 3 and losses[-1] < losses[0], losses
+    assert os.path.exists(os.path.join(trainer.outputs["model"][0], "Format-Serving",
+                                       "saved_model.pb"))
+
+    # 4. A new span: ingested alone, joined together with span 1 (train_spans=2);
+    # every variant trains side by side, and each one's loss falls.
+    _run(_cli(spec_path, run_root, "--span", "2", "--variants", ",".join(VARIANTS)))
+    for i, variant in enumerate(VARIANTS):
+        node = "Trainer" if i == 0 else f"Trainer_{variant}"
+        record = records.latest(store, NAME, node)
+        assert record.state == "COMPLETE", node
+        main = _epoch_losses(record.outputs["model_run"][0], "epoch_main_loss")
+        assert main[-1] < main[0], (variant, main)
+        ssl = _epoch_losses(record.outputs["model_run"][0], "epoch_ssl_loss")
+        assert bool(ssl) == (variant not in ("baseline", "fd")), variant
     join = records.latest(store, NAME, "JoinExamples")
     summary = join_executor.read_summary(join.outputs["examples"][0])
     logs2 = pd.read_csv(os.path.join(data, "logs", "span-2", "pairs.csv"), dtype=str)

@@ -1,0 +1,1 @@
+"""Two-tower SSL Trainer: run_fn, model, losses, augmentations."""

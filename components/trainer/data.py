@@ -1,0 +1,91 @@
+"""The Trainer's two input streams.
+
+* **Main stream:** transformed training pairs, shuffled with a seed and
+  repeated, so batches follow the logs' (power-law) item distribution.
+* **SSL stream:** catalog items drawn **uniformly with replacement** from the
+  whole catalog, tail and never-seen items included: the catalog split is
+  held as ragged id tensors and each batch gathers stateless-uniform random
+  rows (seeded by (seed, batch index)).
+
+Variable-length id features arrive as ``tf.RaggedTensor`` [N, None] int64.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import tensorflow as tf
+
+from transforms import features
+
+
+def _files(split_dir: str) -> list[str]:
+    files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
+    if not files:
+        raise ValueError(f"no transformed examples in {split_dir}; did Transform run?")
+    return files
+
+
+def _to_ragged(parsed: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    out = {}
+    for key, value in parsed.items():
+        if isinstance(value, tf.SparseTensor):
+            out[key] = tf.RaggedTensor.from_sparse(value)
+        else:
+            out[key] = value
+    return out
+
+
+def main_stream(split_dir: str, feature_spec: Mapping[str, tf.io.FixedLenFeature],
+                batch_size: int, seed: int, shuffle_buffer: int = 100_000) -> tf.data.Dataset:
+    """Endless shuffled batches of transformed training pairs."""
+    spec = {k: v for k, v in feature_spec.items() if k != features.ITEM_BUCKET}
+    return (tf.data.TFRecordDataset(_files(split_dir), compression_type="GZIP")
+            .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
+            .repeat()
+            .batch(batch_size, drop_remainder=True)
+            .map(lambda x: _to_ragged(tf.io.parse_example(x, spec)),
+                 num_parallel_calls=tf.data.AUTOTUNE))
+
+
+def load_catalog(split_dir: str, feature_spec: Mapping[str, tf.io.FixedLenFeature],
+                 item_keys: list[str]) -> dict[str, tf.RaggedTensor]:
+    """Every catalog item's transformed ``item_*`` features, as ragged tensors."""
+    spec = {k: feature_spec[k] for k in item_keys}
+    records = tf.data.TFRecordDataset(_files(split_dir), compression_type="GZIP")
+    parts: dict[str, list[tf.RaggedTensor]] = {k: [] for k in item_keys}
+    for batch in records.batch(65536):
+        parsed = _to_ragged(tf.io.parse_example(batch, spec))
+        for k in item_keys:
+            parts[k].append(parsed[k])
+    return {k: tf.concat(v, axis=0) for k, v in parts.items()}
+
+
+def uniform_indices(n_items: int, batch_size: int, seed: int, batch_index: tf.Tensor
+                    ) -> tf.Tensor:
+    """[batch_size] catalog rows drawn uniformly with replacement."""
+    key = tf.stack([tf.constant(seed, tf.int64) * 1000 + 5, tf.cast(batch_index, tf.int64)])
+    return tf.random.stateless_uniform([batch_size], key, minval=0, maxval=n_items,
+                                       dtype=tf.int64)
+
+
+def ssl_stream(catalog: Mapping[str, tf.RaggedTensor], batch_size: int, seed: int
+               ) -> tf.data.Dataset:
+    """Endless batches of catalog items, each item equally likely."""
+    n_items = int(next(iter(catalog.values())).nrows())
+    if n_items == 0:
+        raise ValueError("the catalog split is empty; the SSL stream needs catalog items.")
+
+    def gather(batch_index: tf.Tensor) -> dict[str, tf.RaggedTensor]:
+        rows = uniform_indices(n_items, batch_size, seed, batch_index)
+        return {k: tf.gather(v, rows) for k, v in catalog.items()}
+
+    return tf.data.Dataset.counter().map(gather)
+
+
+def training_stream(main: tf.data.Dataset, ssl: tf.data.Dataset | None) -> tf.data.Dataset:
+    """Zips the streams into ``(main, ssl)`` batches (``ssl`` empty without SSL)."""
+    if ssl is None:
+        return main.map(lambda m: (m, {})).prefetch(tf.data.AUTOTUNE)
+    return tf.data.Dataset.zip((main, ssl)).prefetch(tf.data.AUTOTUNE)

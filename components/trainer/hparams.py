@@ -1,0 +1,148 @@
+"""Hyper-parameters of the two-tower SSL Trainer: one frozen, validated dataclass.
+
+Travels to ``run_fn`` through the Trainer's ``custom_config`` as a plain dict;
+:func:`from_dict` rejects unknown keys and out-of-range values, naming the
+key and the allowed range. Defaults follow PAPER.md, scaled to MovieLens-1M
+sized data (a few thousand items, ~0.5M pairs, 2 CPU cores).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+VARIANTS = (
+    "baseline",           # plain two-tower, L_main only
+    "fd",                 # feature dropout in the supervised item tower, no SSL
+    "so",                 # spread-out: SSL loss on un-augmented items
+    "rfm",                # random complementary feature masking + value dropout
+    "cfm",                # correlated feature masking + value dropout (the paper)
+    "independent_masks",  # two independent random masks + value dropout
+    "cfm_no_dropout",     # CFM without value dropout
+    "dropout_only",       # value dropout, no masking
+)
+SSL_VARIANTS = ("so", "rfm", "cfm", "independent_masks", "cfm_no_dropout", "dropout_only")
+STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
+ACTIVATIONS = ("relu", "gelu", "tanh", "swish")
+
+
+@dataclasses.dataclass(frozen=True)
+class HParams:
+    """Every Trainer knob, with its reason.
+
+    Attributes:
+      variant: which model/loss to train (see ``VARIANTS``).
+      embedding_dim: per-feature embedding width (small vocabularies here).
+      hidden_units: tower MLP sizes; the last is the output embedding
+        (paper: [1024, 128]; scaled down for a few thousand items).
+      activation: MLP hidden activation (the output layer is linear).
+      share_towers: one tower for queries and items (item-to-item tasks).
+      temperature: softmax temperature tau of the main loss (paper 0.06-0.07).
+      ssl_temperature: tau of the SSL loss (None: same as ``temperature``;
+        the paper gives none separately).
+      alpha: weight of the SSL loss (paper grid 0.1, 0.3, 1, 3).
+      dropout_rate: value dropout rate d_r for multi-valued features
+        (paper grid 0.1-0.9, best 0.3).
+      feature_dropout_rate: per-feature drop probability of the FD baseline.
+      n_masked: features masked in view h, seed included (None: the
+        FeatureCorrelation artefact's default, 1 + floor(k/2)).
+      logq_correction: subtract log(training frequency) from in-batch logits
+        (a deviation from the paper's equation; off by default).
+      remove_accidental_hits: mask in-batch negatives that are the positive item.
+      batch_size: main-task batch (paper 1024-4096; 512 fits a laptop).
+      ssl_batch_size: SSL batch of catalog items (uniform over the catalog).
+      learning_rate: Adagrad learning rate (paper 0.01; 0.05 converges in
+        fewer steps at this scale).
+      train_steps: optimisation steps.
+      steps_per_epoch: steps between Keras epoch ends (logging, checkpoints).
+      seed: seed of initialisation, shuffling, sampling and augmentation.
+      strategy: tf.distribute strategy.
+    """
+
+    variant: str = "cfm"
+    embedding_dim: int = 32
+    hidden_units: tuple[int, ...] = (256, 64)
+    activation: str = "relu"
+    share_towers: bool = True
+    temperature: float = 0.07
+    ssl_temperature: float | None = None
+    alpha: float = 1.0
+    dropout_rate: float = 0.3
+    feature_dropout_rate: float = 0.3
+    n_masked: int | None = None
+    logq_correction: bool = False
+    remove_accidental_hits: bool = True
+    batch_size: int = 512
+    ssl_batch_size: int = 512
+    learning_rate: float = 0.05
+    train_steps: int = 2000
+    steps_per_epoch: int = 200
+    seed: int = 0
+    strategy: str = "default"
+
+    @property
+    def uses_ssl(self) -> bool:
+        """Whether the SSL loss is part of training."""
+        return self.variant in SSL_VARIANTS
+
+    @property
+    def tau_ssl(self) -> float:
+        """The SSL temperature actually used."""
+        return self.temperature if self.ssl_temperature is None else self.ssl_temperature
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form for ``custom_config``."""
+        out = dataclasses.asdict(self)
+        out["hidden_units"] = list(self.hidden_units)
+        return out
+
+
+_RANGES = {
+    "embedding_dim": (1, 4096), "temperature": (1e-4, 10.0), "ssl_temperature": (1e-4, 10.0),
+    "alpha": (0.0, 100.0), "dropout_rate": (0.0, 0.95), "feature_dropout_rate": (0.0, 0.95),
+    "n_masked": (1, 1000), "batch_size": (2, 1 << 20), "ssl_batch_size": (2, 1 << 20),
+    "learning_rate": (1e-6, 10.0), "train_steps": (1, 1 << 31), "steps_per_epoch": (1, 1 << 31),
+    "seed": (0, 1 << 31),
+}
+_CHOICES = {"variant": VARIANTS, "strategy": STRATEGIES, "activation": ACTIVATIONS}
+
+
+def _checked(key: str, value: Any, default: Any) -> Any:
+    if key in _CHOICES:
+        if value not in _CHOICES[key]:
+            raise ValueError(f"hparams.{key}: got {value!r}; allowed: {list(_CHOICES[key])}.")
+        return value
+    if key == "hidden_units":
+        if (not isinstance(value, (list, tuple)) or not value
+                or not all(isinstance(u, int) and u > 0 for u in value)):
+            raise ValueError(f"hparams.hidden_units: expected a non-empty list of positive ints, "
+                             f"got {value!r}.")
+        return tuple(value)
+    if isinstance(default, bool) or key in ("share_towers", "logq_correction",
+                                             "remove_accidental_hits"):
+        if not isinstance(value, bool):
+            raise TypeError(f"hparams.{key}: expected true/false, got {value!r}.")
+        return value
+    if value is None and key in ("ssl_temperature", "n_masked"):
+        return None
+    low, high = _RANGES[key]
+    kind = int if isinstance(low, int) else float
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise TypeError(f"hparams.{key}: expected a number in [{low}, {high}], got {value!r}.")
+    if kind is int and not float(value).is_integer():
+        raise TypeError(f"hparams.{key}: expected an integer in [{low}, {high}], got {value!r}.")
+    if not low <= value <= high:
+        raise ValueError(f"hparams.{key}: {value!r} is outside the allowed range "
+                         f"[{low}, {high}].")
+    return kind(value)
+
+
+def from_dict(values: Mapping[str, Any]) -> HParams:
+    """Builds validated HParams; unknown keys and bad values raise, naming the key."""
+    defaults = HParams()
+    fields = {f.name for f in dataclasses.fields(HParams)}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ValueError(f"hparams: unknown key(s) {unknown}; allowed keys: {sorted(fields)}.")
+    checked = {k: _checked(k, v, getattr(defaults, k)) for k, v in values.items()}
+    return dataclasses.replace(defaults, **checked)

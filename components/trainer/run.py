@@ -1,0 +1,127 @@
+"""The Trainer's ``run_fn`` (by import path: ``components.trainer.run.run_fn``)."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Optional
+
+import tensorflow as tf
+import tensorflow_transform as tft
+import tf_keras
+
+from components.correlation import report as correlation_report
+from components.trainer import data, export
+from components.trainer import hparams as hparams_lib
+from components.trainer.model import FeatureLayout, TwoTowerSSL
+from transforms import features
+from transforms.spec import DatasetSpec, spec_from_dict
+
+HPARAMS_KEY = "hparams"
+DATASET_SPEC_KEY = "dataset_spec"
+
+
+def feature_layout(spec: DatasetSpec, tf_transform_output: tft.TFTransformOutput) -> FeatureLayout:
+    """Tower inputs and vocabulary sizes (vocabulary + OOV buckets)."""
+    sizes = {f.name: tf_transform_output.vocabulary_size_by_name(
+        features.vocabulary_name(f.name)) + spec.num_oov_buckets for f in spec.item_features}
+    for f in spec.context_features:
+        sizes[features.context_key(f.name)] = tf_transform_output.vocabulary_size_by_name(
+            features.context_vocabulary_name(f.name)) + spec.num_oov_buckets
+    return FeatureLayout(
+        item_names=tuple(f.name for f in spec.item_features),
+        multivalued=tuple(f.name for f in spec.item_features if f.multivalued),
+        query_item_names=tuple(spec.query_item_features),
+        context_names=tuple(f.name for f in spec.context_features),
+        vocab_sizes=sizes, id_name=spec.item_id)
+
+
+def cfm_groups(doc: Optional[Mapping[str, Any]], n_masked: Optional[int]
+               ) -> Optional[dict[str, list[str]]]:
+    """CFM groups of the correlation artefact, re-cut to ``n_masked`` if given."""
+    if doc is None:
+        return None
+    if n_masked is None:
+        return {k: list(v) for k, v in doc["groups"].items()}
+    k = len(doc["features"])
+    if not 1 <= n_masked < k:
+        raise ValueError(f"hparams.n_masked must be in [1, {k - 1}] for {k} item features, "
+                         f"got {n_masked}.")
+    return {seed: [seed, *ranked[: n_masked - 1]] for seed, ranked in doc["ranking"].items()}
+
+
+def make_strategy(name: str) -> tf.distribute.Strategy:
+    """The tf.distribute strategy named in the hyper-parameters."""
+    if name == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    if name == "multi_worker_mirrored":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+class LearningRateLogger(tf_keras.callbacks.Callback):
+    """Writes the optimizer's learning rate to TensorBoard at each epoch end."""
+
+    def __init__(self, log_dir: str) -> None:
+        super().__init__()
+        self.writer = tf.summary.create_file_writer(os.path.join(log_dir, "train"))
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        """Logs ``learning_rate``."""
+        with self.writer.as_default():
+            lr = self.model.optimizer.learning_rate
+            tf.summary.scalar("learning_rate", float(tf_keras.backend.get_value(lr)), step=epoch)
+
+
+def build_model(spec: DatasetSpec, hp: hparams_lib.HParams,
+                tf_transform_output: tft.TFTransformOutput,
+                correlation: Optional[Mapping[str, Any]]) -> TwoTowerSSL:
+    """The compiled model (Adagrad, as in the paper)."""
+    groups = cfm_groups(correlation, hp.n_masked) if hp.variant.startswith("cfm") else None
+    model = TwoTowerSSL(feature_layout(spec, tf_transform_output), hp, groups)
+    model.compile(optimizer=tf_keras.optimizers.Adagrad(learning_rate=hp.learning_rate))
+    return model
+
+
+def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_dir: str,
+          catalog_dir: str, log_dir: str, correlation: Optional[Mapping[str, Any]] = None
+          ) -> tuple[TwoTowerSSL, tf_keras.callbacks.History]:
+    """Trains the model of ``hp.variant``; returns it with the Keras history."""
+    tf_keras.utils.set_random_seed(hp.seed)
+    tf_transform_output = tft.TFTransformOutput(transform_dir)
+    feature_spec = tf_transform_output.transformed_feature_spec()
+    main = data.main_stream(train_dir, feature_spec, hp.batch_size, hp.seed)
+    ssl = None
+    if hp.uses_ssl:
+        item_keys = [features.item_key(f.name) for f in spec.item_features]
+        catalog = data.load_catalog(catalog_dir, feature_spec, item_keys)
+        ssl = data.ssl_stream(catalog, hp.ssl_batch_size, hp.seed)
+    with make_strategy(hp.strategy).scope():
+        model = build_model(spec, hp, tf_transform_output, correlation)
+    epochs = max(1, hp.train_steps // hp.steps_per_epoch)
+    history = model.fit(
+        data.training_stream(main, ssl), epochs=epochs, steps_per_epoch=hp.steps_per_epoch,
+        verbose=2, callbacks=[tf_keras.callbacks.TensorBoard(log_dir=log_dir),
+                              LearningRateLogger(log_dir)])
+    return model, history
+
+
+def run_fn(fn_args: Any) -> None:
+    """Trains and exports; called by the Trainer component.
+
+    ``fn_args.custom_config`` holds ``hparams`` (see :mod:`hparams`) and
+    ``dataset_spec``; ``fn_args.correlation_uri`` and ``fn_args.catalog_dir``
+    are set by :class:`components.trainer.component.Executor`.
+    """
+    config = fn_args.custom_config or {}
+    hp = hparams_lib.from_dict(config.get(HPARAMS_KEY, {}))
+    spec = spec_from_dict(config[DATASET_SPEC_KEY])
+    correlation = None
+    if getattr(fn_args, "correlation_uri", None):
+        correlation = correlation_report.read(fn_args.correlation_uri)
+    train_dir = os.path.dirname(fn_args.train_files[0])
+    model, history = train(spec, hp, fn_args.transform_output, train_dir, fn_args.catalog_dir,
+                           fn_args.model_run_dir, correlation)
+    logging.info("final metrics: %s", {k: v[-1] for k, v in history.history.items()})
+    export.export(model, tft.TFTransformOutput(fn_args.transform_output),
+                  fn_args.serving_model_dir)
