@@ -20,7 +20,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import run_measured, write_results  # noqa: E402
 from components.join import executor as join_executor  # noqa: E402
 from pipeline import records  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline.config import IN_MEMORY_BEAM_ARGS, PipelineConfig  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
 
@@ -40,11 +40,12 @@ def _step_seconds(run_root: str, spec_path: str) -> dict[str, float]:
     return out
 
 
-def _case(label: str, spec_path: str, work: str) -> dict[str, object]:
+def _case(label: str, spec_path: str, work: str, beam_args: tuple[str, ...] = ()
+          ) -> dict[str, object]:
     run_root = os.path.join(work, label)
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec_path,
-           "--run-root", run_root]
+           "--run-root", run_root, "--data-only", *[f"--beam-arg={a}" for a in beam_args]]
     wall, peak = run_measured(cmd, env, os.path.join(work, f"{label}.log"))
     store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
     join = records.latest(store, NAME, "JoinExamples")
@@ -65,9 +66,10 @@ def _case(label: str, spec_path: str, work: str) -> dict[str, object]:
 def _markdown(values: dict[str, object], labels: list[str]) -> str:
     lines = ["# Data half: wall time and peak memory", "",
              f"Command: `{values['command']}`; machine: {values['machine_cpus']} CPUs, "
-             f"{values['machine_memory_gib']} GiB. Fresh uncached runs, DirectRunner "
-             "multi-processing. Peak memory is the summed RSS of the pipeline process "
-             "and its Beam workers.", "",
+             f"{values['machine_memory_gib']} GiB. Fresh uncached runs of the data half "
+             "(ingest, validation, join, Transform, FeatureCorrelation), DirectRunner "
+             "multi-processing unless the case says in-memory. Peak memory is the summed "
+             "RSS of the pipeline process and its Beam workers.", "",
              "| case | items | pairs | wall (s) | peak RSS (MiB) | pairs/s |",
              "|---|---|---|---|---|---|"]
     for label in labels:
@@ -80,6 +82,10 @@ def _markdown(values: dict[str, object], labels: list[str]) -> str:
     for step in steps:
         cells = [str(values.get(f"{label}_step_{step}_s", "")) for label in labels]
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    if "ratio_wall_in_memory_vs_multi_processing" in values:
+        lines += ["", "DirectRunner in-memory (one process) vs multi-processing (one worker per "
+                  "core) on the synthetic case, wall-time ratio: "
+                  f"{values['ratio_wall_in_memory_vs_multi_processing']}."]
     if "ratio_wall_synthetic_vs_movielens" in values:
         lines += ["", f"Wall-time ratio synthetic / MovieLens: "
                   f"{values['ratio_wall_synthetic_vs_movielens']}; per pair: "
@@ -90,8 +96,10 @@ def _markdown(values: dict[str, object], labels: list[str]) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--pairs", type=int, default=2_000_000)
+    parser.add_argument("--pairs", type=int, default=1_000_000)
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
+    parser.add_argument("--skip-in-memory", action="store_true",
+                        help="skip the DirectRunner in-memory run of the synthetic case")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-data-half-")
     from pipeline.datasets import movielens, synthetic
@@ -99,12 +107,18 @@ def main() -> None:
     syn_spec = synthetic.generate(synthetic.SyntheticConfig(
         n_items=args.items, n_pairs=args.pairs, seed=0), os.path.join(work, "syn-data"))
     values = {**_case("movielens", ml_spec, work), **_case("synthetic", syn_spec, work)}
+    if not args.skip_in_memory:
+        values.update(_case("synthetic_in_memory", syn_spec, work, IN_MEMORY_BEAM_ARGS))
+        values["ratio_wall_in_memory_vs_multi_processing"] = round(
+            values["synthetic_in_memory_wall_s"] / values["synthetic_wall_s"], 2)
     values["ratio_wall_synthetic_vs_movielens"] = round(
         values["synthetic_wall_s"] / values["movielens_wall_s"], 2)
     values["ratio_s_per_pair_synthetic_vs_movielens"] = round(
         (values["synthetic_wall_s"] / values["synthetic_log_pairs"])
         / (values["movielens_wall_s"] / values["movielens_log_pairs"]), 2)
-    write_results("data_half", values, lambda v: _markdown(v, ["movielens", "synthetic"]))
+    labels = ["movielens", "synthetic"] + ([] if args.skip_in_memory else
+                                           ["synthetic_in_memory"])
+    write_results("data_half", values, lambda v: _markdown(v, labels))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

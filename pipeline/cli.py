@@ -33,6 +33,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--no-cache", action="store_true", help="re-execute every step")
     run.add_argument("--hparams", default=None, metavar="JSON|FILE",
                      help="Trainer hyper-parameters: a JSON object or a JSON/YAML file")
+    run.add_argument("--data-only", action="store_true",
+                     help="run the data half only (no Trainer)")
     run.add_argument("--variants", default="cfm",
                      help="comma-separated Trainer variants; the first is the main model "
                           "(default: cfm)")
@@ -87,7 +89,8 @@ def _run(args: argparse.Namespace) -> int:
             spec=spec, run_root=args.run_root or f"runs/{spec.name}",
             beam_pipeline_args=tuple(args.beam_arg or LOCAL_BEAM_ARGS),
             enable_cache=not args.no_cache, span=span, hparams=_hparams(args.hparams),
-            train_variants=tuple(v.strip() for v in args.variants.split(",") if v.strip()))
+            train_variants=() if args.data_only else tuple(
+                v.strip() for v in args.variants.split(",") if v.strip()))
         runner.run(config, args.runner)
     print(summary.summarize(config))
     return 0

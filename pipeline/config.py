@@ -35,7 +35,11 @@ class PipelineConfig:
       hparams: Trainer hyper-parameters (see ``components.trainer.hparams``);
         validated here, once.
       train_variants: one Trainer per variant; the first is ``Trainer``, the
-        others ``Trainer_<variant>`` (baselines and ablations side by side).
+        others ``Trainer_<variant>`` (baselines and ablations side by side);
+        empty: the data half only.
+      span_window: join the latest ``train_spans`` log spans through a
+        span-range resolver; False joins the newest span only (Kubeflow v2
+        supports no span-range resolver).
     """
 
     spec: DatasetSpec
@@ -48,6 +52,7 @@ class PipelineConfig:
     correlation_max_values: int = 10_000
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     train_variants: tuple[str, ...] = ("cfm",)
+    span_window: bool = True
 
     def __post_init__(self) -> None:
         """Validates values that have a range."""
@@ -59,8 +64,6 @@ class PipelineConfig:
             raise ValueError("correlation_weighting must be 'items' or 'train_frequency', "
                              f"got {self.correlation_weighting!r}.")
         hparams.from_dict(self.hparams)
-        if not self.train_variants:
-            raise ValueError("train_variants must name at least one variant.")
         for variant in self.train_variants:
             if variant not in hparams.VARIANTS:
                 raise ValueError(f"train_variants: {variant!r} is not one of {hparams.VARIANTS}.")
@@ -74,11 +77,20 @@ class PipelineConfig:
                 "dataset_spec": self.spec.to_dict()}
 
     @property
+    def is_remote(self) -> bool:
+        """Whether the run root is a URL (a cluster's storage) rather than a folder."""
+        return "://" in self.run_root
+
+    @property
+    def _root(self) -> str:
+        return self.run_root if "://" in self.run_root else os.path.abspath(self.run_root)
+
+    @property
     def pipeline_root(self) -> str:
-        """Folder of the pipeline's artefacts."""
-        return os.path.join(os.path.abspath(self.run_root), "pipeline_root")
+        """Folder of the pipeline's artefacts (a URL such as gs://... stays a URL)."""
+        return os.path.join(self._root, "pipeline_root")
 
     @property
     def metadata_path(self) -> str:
         """SQLite ML Metadata database of local runs."""
-        return os.path.join(os.path.abspath(self.run_root), "metadata.sqlite")
+        return os.path.join(self._root, "metadata.sqlite")

@@ -45,7 +45,7 @@ def _log_window(config: PipelineConfig, logs_gen: Any) -> tuple[list[Any], Any]:
     (a plain Channel on the producer, not its output channel, which would
     only see this run's span) and keeps the latest ``train_spans`` spans.
     """
-    if not config.spec.has_spans or config.spec.train_spans == 1:
+    if not config.spec.has_spans or config.spec.train_spans == 1 or not config.span_window:
         return [], logs_gen.outputs["examples"]
     every_span = types.Channel(type=standard_artifacts.Examples,
                                producer_component_id=logs_gen.id, output_key="examples")
@@ -109,12 +109,17 @@ def _all_components(config: PipelineConfig) -> list[Any]:
 
 
 def create_pipeline(config: PipelineConfig) -> tfx_pipeline.Pipeline:
-    """Builds the pipeline; the same object runs locally or compiles for Kubeflow."""
+    """Builds the pipeline; the same object runs locally or compiles for Kubeflow.
+
+    A local run root gets SQLite ML Metadata; a remote one (``gs://...``) none,
+    since the orchestrator (Kubeflow, Vertex) brings its own.
+    """
     return tfx_pipeline.Pipeline(
         pipeline_name=config.pipeline_name,
         pipeline_root=config.pipeline_root,
         components=_all_components(config),
         enable_cache=config.enable_cache,
-        metadata_connection_config=metadata.sqlite_metadata_connection_config(
-            config.metadata_path),
+        metadata_connection_config=(
+            None if config.is_remote
+            else metadata.sqlite_metadata_connection_config(config.metadata_path)),
         beam_pipeline_args=list(config.beam_pipeline_args))

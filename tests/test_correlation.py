@@ -44,7 +44,7 @@ def test_single_valued_matches_sklearn():
     for (f, x), (g, y) in [(("a", a), ("b", b)), (("a", a), ("c", c)), (("b", b), ("c", c))]:
         assert mi[idx[f], idx[g]] == pytest.approx(mutual_info_score(x, y), abs=1e-9)
         assert nmi[idx[f], idx[g]] == pytest.approx(
-            normalized_mutual_info_score(x, y, average_method="geometric"), abs=1e-9)
+            normalized_mutual_info_score(x, y, average_method="max"), abs=1e-9)
     assert doc["entropy"]["a"] == pytest.approx(mutual_info_score(a, a), abs=1e-9)
     # Invariants: symmetry, bounds, a duplicated feature has MI = its entropy.
     assert np.allclose(mi, mi.T) and np.allclose(nmi, nmi.T)
@@ -115,3 +115,17 @@ def test_cfm_groups_seed_plus_top_nmi():
     assert estimator.cfm_groups(names, nmi, 3)["b"] == ["b", "a", "c"]
     with pytest.raises(ValueError, match="n_masked must be in"):
         estimator.cfm_groups(names, nmi, 4)
+
+
+def test_feature_missing_from_catalog_examples_is_an_error(tmp_path):
+    import tensorflow as tf
+
+    from components.correlation import executor
+    from components.join import beam_join
+
+    path = str(tmp_path / "part.gz")
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+        w.write(beam_join.row_to_example({"item_item_id": [b"a"], "item_genre": [b"x"]}))
+    executor.check_features_present(str(tmp_path), ["item_id", "genre"])
+    with pytest.raises(executor.MissingFeatureError, match=r"no feature\(s\) \['item_year'\]"):
+        executor.check_features_present(str(tmp_path), ["item_id", "genre", "year"])

@@ -95,12 +95,16 @@ def _oracle(logs: pd.DataFrame, items: pd.DataFrame, eval_percent: int) -> dict:
     return out
 
 
-def _kill_when_started(cmd, marker, timeout_s=600):
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, start_new_session=True)
+def _kill_when_started(cmd, marker, log_path, timeout_s=600):
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
+                                start_new_session=True)
     deadline = time.time() + timeout_s
     while not os.path.exists(marker):
-        assert proc.poll() is None, "pipeline ended before it could be killed"
+        if proc.poll() is not None:
+            with open(log_path) as f:
+                raise AssertionError("pipeline ended before it could be killed:\n"
+                                     + f.read()[-3000:])
         assert time.time() < deadline, f"{marker} never appeared"
         time.sleep(0.5)
     os.killpg(proc.pid, signal.SIGKILL)
@@ -110,7 +114,7 @@ def _kill_when_started(cmd, marker, timeout_s=600):
 def test_data_half_end_to_end(tmp_path):
     data, run_root = str(tmp_path / "data"), str(tmp_path / "run")
     spec_path = synthetic.generate(
-        synthetic.SyntheticConfig(n_items=300, n_pairs=3000, spans=2, seed=0), data)
+        synthetic.SyntheticConfig(n_items=1000, n_pairs=3000, spans=2, seed=0), data)
     span1 = os.path.join(data, "logs", "span-1", "pairs.csv")
     with open(span1, "a") as f:     # bad rows: counted and reported, never silent
         f.write("u1,i1,ghost,mobile\nu2,ghost,i2,mobile\nu3,i1\n")
@@ -120,7 +124,8 @@ def test_data_half_end_to_end(tmp_path):
     # 1. Killed while the join runs; 2. resumed: finished steps are reused.
     upstream = DATA_NODES[:8]
     marker = os.path.join(run_root, "pipeline_root", "JoinExamples")
-    _kill_when_started(_cli(spec_path, run_root, "--span", "1"), marker)
+    _kill_when_started(_cli(spec_path, run_root, "--span", "1"), marker,
+                       str(tmp_path / "killed.log"))
     killed = _states(run_root)
     assert all(killed[n] == ["COMPLETE"] for n in upstream), killed
     assert "COMPLETE" not in killed["JoinExamples"] and killed["Transform"] == []

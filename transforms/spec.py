@@ -216,9 +216,15 @@ def _feature(raw: Any, where: str, vocab_defaults: Mapping[str, Any]) -> Feature
     return Feature(name, multivalued, separator, threshold, top_k)
 
 
+def _resolve(path: str, root: str) -> str:
+    """Absolute local path, or a URL (``gs://``, ``s3://``...) unchanged."""
+    if "://" in path or os.path.isabs(path):
+        return path
+    return os.path.normpath(os.path.join(root, path))
+
+
 def _source(raw: Mapping[str, Any], where: str, root: str) -> TableSource:
-    path = str(_require(raw, "path", where))
-    base = path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
+    base = _resolve(str(_require(raw, "path", where)), root)
     pattern = str(raw.get("pattern", "*.csv"))
     if "{SPAN}" in pattern and not pattern.startswith("span-{SPAN}/"):
         raise SpecError(
@@ -231,8 +237,8 @@ def _source(raw: Mapping[str, Any], where: str, root: str) -> TableSource:
 def _schema_path(path: Optional[str], root: str) -> Optional[str]:
     if path is None:
         return None
-    full = path if os.path.isabs(path) else os.path.normpath(os.path.join(root, path))
-    if not os.path.isfile(full):
+    full = _resolve(path, root)
+    if "://" not in full and not os.path.isfile(full):
         raise SpecError(f"schemas: schema file {full!r} does not exist; write it (e.g. copy "
                         "SchemaGen's schema.pbtxt from a run) or remove the key.")
     return full

@@ -18,7 +18,7 @@ from transforms.spec import DatasetSpec
 class FeatureCorrelations(Artifact):
     """MI / NMI between item features, entropies, supports and CFM groups."""
 
-    TYPE_NAME = "FeatureCorrelations"
+    TYPE_NAME = "ssl4rec.FeatureCorrelations"  # <namespace>.<Title>, as Kubeflow v2 requires
 
 
 class FeatureCorrelationSpec(types.ComponentSpec):

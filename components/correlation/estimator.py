@@ -15,9 +15,12 @@ Plug-in (maximum-likelihood) estimates in nats over a weighted set of items.
 * **Sums, not tables.** With ``T = sum c``, ``S = sum c log c`` over a
   table's cells, the entropy is ``log T - S / T``. Every quantity is a sum,
   so Beam combiners compute it without collecting any table in one place.
-* **Normalized MI:** ``NMI = MI / sqrt(H_i H_j)`` (geometric mean, as
-  scikit-learn's ``normalized_mutual_info_score(average_method="geometric")``),
-  0 for independent features, 1 when each determines the other.
+* **Normalized MI:** ``NMI = MI / max(H_i, H_j)`` (as scikit-learn's
+  ``normalized_mutual_info_score(average_method="max")``): 0 for independent
+  features, 1 only when each determines the other. The max (rather than a
+  geometric or arithmetic mean) keeps a near-unique key such as the item id,
+  which determines every feature, from looking correlated with everything:
+  ``NMI(id, f) = H(f) / H(id)``, small for catalogs of many items.
 """
 
 from __future__ import annotations
@@ -64,10 +67,10 @@ def mutual_information(joint: TableSums, left: TableSums, right: TableSums) -> f
 
 
 def normalized(mi: float, h_i: float, h_j: float) -> float:
-    """``MI / sqrt(H_i H_j)``; 0 when either entropy is 0."""
+    """``MI / max(H_i, H_j)``; 0 when either entropy is 0."""
     if h_i <= 0 or h_j <= 0:
         return 0.0
-    return min(1.0, mi / math.sqrt(h_i * h_j))
+    return min(1.0, mi / max(h_i, h_j))
 
 
 def pair_cells(a: Sequence[bytes], b: Sequence[bytes], weight: float

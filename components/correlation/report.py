@@ -88,7 +88,7 @@ def assemble(stat_list: Sequence[tuple[Any, Any]], id_name: str, names: Sequence
         "features": features,
         "weighting": weighting,
         "estimator": "plug-in MI in nats; multi-valued pairs weighted 1/(|A||B|); "
-                     "NMI = MI / sqrt(H_i H_j)",
+                     "NMI = MI / max(H_i, H_j)",
         "mi": mi,
         "nmi": nmi,
         "entropy": entropy,

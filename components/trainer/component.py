@@ -17,6 +17,7 @@ from tfx.dsl.components.base import base_component, executor_spec
 from tfx.proto import trainer_pb2
 from tfx.types import artifact_utils, channel, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ChannelParameter
+from tfx.utils import json_utils
 
 from components.correlation.component import FeatureCorrelations
 from transforms import features
@@ -76,6 +77,6 @@ class SslTrainer(base_component.BaseComponent):
             train_args=trainer_pb2.TrainArgs(splits=[features.TRAIN_SPLIT],
                                              num_steps=train_steps),
             eval_args=trainer_pb2.EvalArgs(splits=[features.EVAL_SPLIT], num_steps=0),
-            custom_config=custom_config,
+            custom_config=json_utils.dumps(custom_config),
             model=channel.Channel(type=standard_artifacts.Model),
             model_run=channel.Channel(type=standard_artifacts.ModelRun)))

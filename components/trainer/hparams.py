@@ -36,7 +36,8 @@ class HParams:
       hidden_units: tower MLP sizes; the last is the output embedding
         (paper: [1024, 128]; scaled down for a few thousand items).
       activation: MLP hidden activation (the output layer is linear).
-      share_towers: one tower for queries and items (item-to-item tasks).
+      share_towers: one tower for queries and items; None (default) shares
+        when the query is an item with no context features (item-to-item).
       temperature: softmax temperature tau of the main loss (paper 0.06-0.07).
       ssl_temperature: tau of the SSL loss (None: same as ``temperature``;
         the paper gives none separately).
@@ -63,7 +64,7 @@ class HParams:
     embedding_dim: int = 32
     hidden_units: tuple[int, ...] = (256, 64)
     activation: str = "relu"
-    share_towers: bool = True
+    share_towers: bool | None = None
     temperature: float = 0.07
     ssl_temperature: float | None = None
     alpha: float = 1.0
@@ -118,12 +119,11 @@ def _checked(key: str, value: Any, default: Any) -> Any:
             raise ValueError(f"hparams.hidden_units: expected a non-empty list of positive ints, "
                              f"got {value!r}.")
         return tuple(value)
-    if isinstance(default, bool) or key in ("share_towers", "logq_correction",
-                                             "remove_accidental_hits"):
+    if key in ("share_towers", "logq_correction", "remove_accidental_hits"):
         if not isinstance(value, bool):
             raise TypeError(f"hparams.{key}: expected true/false, got {value!r}.")
         return value
-    if value is None and key in ("ssl_temperature", "n_masked"):
+    if value is None and key in ("ssl_temperature", "n_masked", "share_towers"):
         return None
     low, high = _RANGES[key]
     kind = int if isinstance(low, int) else float

@@ -67,7 +67,8 @@ class TwoTowerSSL(tf_keras.Model):
     def __init__(self, layout: FeatureLayout, hparams: HParams,
                  cfm_groups: Optional[Mapping[str, Sequence[str]]] = None, **kwargs) -> None:
         super().__init__(**kwargs)
-        if hparams.share_towers and not layout.can_share_towers:
+        share = layout.can_share_towers if hparams.share_towers is None else hparams.share_towers
+        if share and not layout.can_share_towers:
             raise ValueError("hparams.share_towers=true needs the query to be an item with the "
                              "same features and no context features; set share_towers: false.")
         if hparams.variant.startswith("cfm") and not cfm_groups:
@@ -83,7 +84,7 @@ class TwoTowerSSL(tf_keras.Model):
                                    for n in names}
         self.item_tower = Tower(layout.item_names, self.feature_embeddings,
                                 hparams.hidden_units, hparams.activation, name="item_tower")
-        if hparams.share_towers:
+        if share:
             self.query_tower = self.item_tower
         else:
             query_names = list(layout.query_item_names) + [

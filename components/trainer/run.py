@@ -86,8 +86,13 @@ def build_model(spec: DatasetSpec, hp: hparams_lib.HParams,
 def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_dir: str,
           catalog_dir: str, log_dir: str, correlation: Optional[Mapping[str, Any]] = None
           ) -> tuple[TwoTowerSSL, tf_keras.callbacks.History]:
-    """Trains the model of ``hp.variant``; returns it with the Keras history."""
+    """Trains the model of ``hp.variant``; returns it with the Keras history.
+
+    Seeds Python, NumPy and TF from ``hp.seed`` and enables TF's op
+    determinism, so equal seeds and inputs give equal weights.
+    """
     tf_keras.utils.set_random_seed(hp.seed)
+    tf.config.experimental.enable_op_determinism()
     tf_transform_output = tft.TFTransformOutput(transform_dir)
     feature_spec = tf_transform_output.transformed_feature_spec()
     main = data.main_stream(train_dir, feature_spec, hp.batch_size, hp.seed)

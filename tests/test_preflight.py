@@ -1,0 +1,30 @@
+"""Checks before the run: missing folders, spans, files and columns are named."""
+
+import os
+
+import pytest
+
+from components.ingest import rows
+from pipeline import preflight
+from tests.conftest import tiny_spec, write
+
+
+def test_finds_files_of_the_latest_span(tiny_root):
+    spec = tiny_spec(tiny_root)
+    write(os.path.join(spec.logs.base, "span-3", "a.csv"), "user,seed,item,device\nu,a,b,m\n")
+    found = preflight.check(spec)
+    assert [os.path.basename(os.path.dirname(p)) for p in found["logs"]] == ["span-3"]
+    assert preflight.spans(spec.logs) == [1, 3]
+    assert len(preflight.check(spec, span=1)["logs"]) == 1
+
+
+def test_missing_folder_span_and_column_are_named(tiny_root):
+    spec = tiny_spec(tiny_root)
+    with pytest.raises(rows.InputError, match=r"span 7 not found .* available spans: \[1\]"):
+        preflight.check(spec, span=7)
+    write(os.path.join(spec.catalog.base, "items.csv"), "item_id,genre\na,x\n")
+    with pytest.raises(rows.InputError, match=r"items.csv: missing column\(s\) \['year'\]"):
+        preflight.check(spec)
+    moved = tiny_spec(tiny_root, catalog__path="nowhere")
+    with pytest.raises(rows.InputError, match="catalog: folder .*nowhere does not exist"):
+        preflight.check(moved)
