@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Optional
 
+from components.index.search import IndexConfig
 from components.trainer import hparams
 from transforms.spec import DatasetSpec
 
@@ -37,6 +38,9 @@ class PipelineConfig:
       train_variants: one Trainer per variant; the first is ``Trainer``, the
         others ``Trainer_<variant>`` (baselines and ablations side by side);
         empty: the data half only.
+      index_config: ScaNN settings and recall floor of the IndexBuilder.
+      model_name: serving name; exports are pushed to
+        ``<run_root>/serving/<model_name>{,_bruteforce,_query}/<version>/``.
       span_window: join the latest ``train_spans`` log spans through a
         span-range resolver; False joins the newest span only (Kubeflow v2
         supports no span-range resolver).
@@ -53,6 +57,8 @@ class PipelineConfig:
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     train_variants: tuple[str, ...] = ("cfm",)
     span_window: bool = True
+    index_config: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    model_name: str = "ssl4rec"
 
     def __post_init__(self) -> None:
         """Validates values that have a range."""
@@ -84,6 +90,11 @@ class PipelineConfig:
     @property
     def _root(self) -> str:
         return self.run_root if "://" in self.run_root else os.path.abspath(self.run_root)
+
+    @property
+    def serving_root(self) -> str:
+        """Folder the Pushers push to (one sub-folder per served model)."""
+        return os.path.join(self._root, "serving")
 
     @property
     def pipeline_root(self) -> str:

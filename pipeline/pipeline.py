@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any, Optional
 
 from tfx import types
@@ -12,6 +13,7 @@ from tfx.proto import range_config_pb2, transform_pb2
 from tfx.types import standard_artifacts
 
 from components.correlation.component import FeatureCorrelation
+from components.index.component import IndexBuilder
 from components.ingest import rows
 from components.ingest.component import ContractExampleGen
 from components.join.component import JoinExamples
@@ -102,10 +104,30 @@ def trainers(config: PipelineConfig, transform: Any, correlation: Any) -> list[A
     return out
 
 
+def serving_components(config: PipelineConfig, join: Any, trainer: Any) -> list[Any]:
+    """IndexBuilder and one Pusher per export (TF Serving layout, versioned folders)."""
+    index = IndexBuilder(config.spec, model=trainer.outputs["model"],
+                         examples=join.outputs["examples"], config=config.index_config)
+    pushers = []
+    for name, model in ((config.model_name, index.outputs["scann_model"]),
+                        (f"{config.model_name}_bruteforce", index.outputs["brute_force_model"]),
+                        (f"{config.model_name}_query", trainer.outputs["model"])):
+        pushers.append(tfx.components.Pusher(
+            model=model,
+            push_destination=tfx.proto.PushDestination(
+                filesystem=tfx.proto.PushDestination.Filesystem(
+                    base_directory=os.path.join(config.serving_root, name)))
+        ).with_id(f"Pusher_{name}"))
+    return [index, *pushers]
+
+
 def _all_components(config: PipelineConfig) -> list[Any]:
     data = data_components(config)
     by_id = {c.id: c for c in data}
-    return data + trainers(config, by_id["Transform"], by_id["FeatureCorrelation"])
+    trained = trainers(config, by_id["Transform"], by_id["FeatureCorrelation"])
+    if not trained:
+        return data
+    return data + trained + serving_components(config, by_id["JoinExamples"], trained[0])
 
 
 def create_pipeline(config: PipelineConfig) -> tfx_pipeline.Pipeline:

@@ -125,10 +125,19 @@ def logs(config: SyntheticConfig, items: pd.DataFrame, rng: np.random.Generator)
     same = rng.random(m) < config.same_category
     rank_of = np.empty(n, dtype=np.int64)
     rank_of[by_rank] = np.arange(n)
+    # Group items (by popularity within category) and same-category rows by
+    # category with sorts, so the loop below costs O(items + rows) in all.
+    item_order = np.lexsort((rank_of, category))
+    item_cats = category[item_order]
+    rows_same = np.flatnonzero(same)
+    row_cats = category[seeds[rows_same]]
+    rows_same = rows_same[np.argsort(row_cats, kind="stable")]
+    row_cats = np.sort(row_cats, kind="stable")
     for cat in np.unique(category):
-        members = np.flatnonzero(category == cat)
-        members = members[np.argsort(rank_of[members])]
-        rows = np.flatnonzero(same & (category[seeds] == cat))
+        lo, hi = np.searchsorted(item_cats, cat, "left"), np.searchsorted(item_cats, cat, "right")
+        members = item_order[lo:hi]
+        r_lo, r_hi = np.searchsorted(row_cats, cat, "left"), np.searchsorted(row_cats, cat, "right")
+        rows = rows_same[r_lo:r_hi]
         local = _zipf_cdf(len(members), config.zipf_exponent)
         nexts[rows] = members[np.searchsorted(local, rng.random(len(rows)))]
     n_users = max(10, m // 20)

@@ -1,0 +1,1 @@
+"""IndexBuilder: item embeddings, ScaNN index and retrieval SavedModels."""

@@ -1,0 +1,127 @@
+"""IndexBuilder executor: embed the catalog (Beam), build ScaNN, check recall, export."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from typing import Any, Iterator
+
+import apache_beam as beam
+import numpy as np
+import tensorflow as tf
+from tfx.dsl.components.base import base_beam_executor
+from tfx.types import artifact_utils
+
+from components.index import export, search
+from transforms import features
+from transforms.spec import spec_from_dict
+
+MODEL_KEY = "model"
+EXAMPLES_KEY = "examples"
+SCANN_MODEL_KEY = "scann_model"
+BRUTE_FORCE_MODEL_KEY = "brute_force_model"
+DATASET_SPEC_KEY = "dataset_spec"
+INDEX_CONFIG_KEY = "index_config"
+SERVING_DIR = "Format-Serving"
+EMBEDDINGS_DIR = "embeddings"
+
+
+class RecallTooLowError(ValueError):
+    """The ScaNN index misses too many true neighbours."""
+
+
+class EmbedItems(beam.DoFn):
+    """Embeds batches of serialized raw catalog rows with the item tower."""
+
+    def __init__(self, model_dir: str, id_key: str) -> None:
+        self.model_dir, self.id_key = model_dir, id_key
+
+    def setup(self) -> None:
+        """Loads the SavedModel once per worker."""
+        self.fn = tf.saved_model.load(self.model_dir).signatures["item_embedding_examples"]
+
+    def process(self, batch: list[bytes]) -> Iterator[bytes]:
+        """Yields one tf.Example (``id``, ``embedding``) per item."""
+        vectors = self.fn(examples=tf.constant(batch))["embedding"].numpy()
+        for serialized, vector in zip(batch, vectors):
+            row = tf.train.Example.FromString(serialized).features.feature
+            out = tf.train.Example()
+            out.features.feature["id"].bytes_list.value.extend(
+                row[self.id_key].bytes_list.value[:1])
+            out.features.feature["embedding"].float_list.value.extend(vector.tolist())
+            yield out.SerializeToString()
+
+
+def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray]:
+    """(ids [N], embeddings [N, D]) written by :class:`EmbedItems`, sorted by id."""
+    ids, vectors = [], []
+    files = tf.io.gfile.glob(os.path.join(folder, "*"))
+    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
+        ex = tf.train.Example.FromString(record.numpy()).features.feature
+        ids.append(ex["id"].bytes_list.value[0].decode())
+        vectors.append(np.asarray(ex["embedding"].float_list.value, np.float32))
+    order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
+    return np.asarray(ids, dtype=object)[order], np.stack(vectors)[order]
+
+
+def _query_sample(eval_dir: str, n: int) -> list[bytes]:
+    files = sorted(tf.io.gfile.glob(os.path.join(eval_dir, "*")))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(n)]
+
+
+class Executor(base_beam_executor.BaseBeamExecutor):
+    """See :class:`components.index.component.IndexBuilder`."""
+
+    def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
+           exec_properties: dict[str, Any]) -> None:  # noqa: N802
+        """Embeds, builds, measures recall, exports both retrieval models."""
+        spec = spec_from_dict(json.loads(exec_properties[DATASET_SPEC_KEY]))
+        config = search.IndexConfig(**json.loads(exec_properties[INDEX_CONFIG_KEY]))
+        model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
+        model_dir = os.path.join(model.uri, SERVING_DIR)
+        examples = input_dict[EXAMPLES_KEY]
+        catalog_dir = artifact_utils.get_split_uri(examples, features.CATALOG_SPLIT)
+        scann_out = artifact_utils.get_single_instance(output_dict[SCANN_MODEL_KEY])
+        embeddings_dir = os.path.join(scann_out.uri, EMBEDDINGS_DIR)
+        with self._make_beam_pipeline() as pipeline:
+            _ = (pipeline
+                 | "Read" >> beam.io.ReadFromTFRecord(os.path.join(catalog_dir, "*"))
+                 | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
+                 | "Embed" >> beam.ParDo(EmbedItems(model_dir, features.item_key(spec.item_id)))
+                 | "Write" >> beam.io.WriteToTFRecord(os.path.join(embeddings_dir, "part"),
+                                                      file_name_suffix=".gz"))
+        ids, items = read_embeddings(embeddings_dir)
+        query_model = tf.saved_model.load(model_dir)
+        queries = _query_sample(artifact_utils.get_split_uri(examples, features.EVAL_SPLIT),
+                                config.recall_queries)
+        searcher = search.build_scann(items, config)
+        measured = measure_recall(query_model, searcher, items, queries, config.k)
+        logging.info("ScaNN recall@%d vs brute force on %d queries: %.4f", config.k,
+                     len(queries), measured)
+        scann_out.set_float_custom_property(f"recall_at_{config.k}", measured)
+        scann_out.set_int_custom_property("items", len(ids))
+        if measured < config.min_recall:
+            raise RecallTooLowError(
+                f"ScaNN recall@{config.k} against brute force is {measured:.4f} < "
+                f"min_recall {config.min_recall} on {len(queries)} eval queries; raise "
+                "index_config.leaves_to_search or reorder (or lower min_recall).")
+        export.save(export.RetrievalModule(query_model, ids, items, config.k, searcher),
+                    os.path.join(scann_out.uri, SERVING_DIR))
+        brute = artifact_utils.get_single_instance(output_dict[BRUTE_FORCE_MODEL_KEY])
+        export.save(export.RetrievalModule(query_model, ids, items, config.k),
+                    os.path.join(brute.uri, SERVING_DIR))
+
+
+def measure_recall(query_model: Any, searcher: Any, items: np.ndarray, queries: list[bytes],
+                   k: int) -> float:
+    """ScaNN's recall@k against brute force, by scores, on real eval queries."""
+    if not queries:
+        return 1.0
+    fn = query_model.signatures["query_embedding_examples"]
+    embedded = fn(examples=tf.constant(queries))["embedding"].numpy()
+    k = min(k, len(items))
+    _, approx_scores = searcher.search_batched(search.normalize(embedded),
+                                               final_num_neighbors=k)
+    exact_scores, _ = search.brute_force(embedded, items, k)
+    return search.score_recall(np.asarray(approx_scores), exact_scores)

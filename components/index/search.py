@@ -1,0 +1,95 @@
+"""Nearest-neighbour search over item embeddings: ScaNN and the brute-force oracle.
+
+Scores are cosine similarities: embeddings are L2-normalized and searched by
+dot product. Shapes: ``Q`` queries, ``N`` items, ``D`` dimensions.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexConfig:
+    """ScaNN settings: tree partitioning + asymmetric hashing + exact reordering.
+
+    Attributes:
+      k: neighbours returned per query.
+      num_leaves: tree partitions (0: ``sqrt(N)``, ScaNN's rule of thumb).
+      leaves_to_search: partitions searched per query (0: 10% of the leaves,
+        at least 10).
+      dimensions_per_block: asymmetric-hashing block size (2 is ScaNN's default
+        for high recall).
+      anisotropic_threshold: anisotropic quantization threshold for dot product.
+      reorder: candidates rescored exactly before taking the top ``k``.
+      training_sample_size: points sampled to train the tree and codebooks.
+      min_recall: the index's recall@k against brute force must reach this.
+      recall_queries: number of real queries used to measure recall.
+    """
+
+    k: int = 100
+    num_leaves: int = 0
+    leaves_to_search: int = 0
+    dimensions_per_block: int = 2
+    anisotropic_threshold: float = 0.2
+    reorder: int = 500
+    training_sample_size: int = 100_000
+    min_recall: float = 0.9
+    recall_queries: int = 1000
+
+    def leaves(self, n_items: int) -> tuple[int, int]:
+        """(num_leaves, leaves_to_search) for a catalog of ``n_items``."""
+        leaves = self.num_leaves or max(1, int(math.sqrt(n_items)))
+        search = self.leaves_to_search or min(leaves, max(10, leaves // 10))
+        return leaves, min(search, leaves)
+
+
+def normalize(x: np.ndarray) -> np.ndarray:
+    """Rows scaled to unit L2 norm (zero rows stay zero)."""
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    return (x / np.maximum(norms, 1e-12)).astype(np.float32)
+
+
+def brute_force(queries: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Exact top-``k`` by cosine: ``(scores [Q, k], indices [Q, k])``, best first."""
+    scores = normalize(queries) @ normalize(items).T
+    k = min(k, items.shape[0])
+    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+    top = np.take_along_axis(top, order, axis=1)
+    return np.take_along_axis(scores, top, axis=1), top
+
+
+def recall(approx: np.ndarray, exact: np.ndarray) -> float:
+    """Mean over queries of ``|approx ∩ exact| / k`` (index sets, ties aside)."""
+    hits = [len(set(a.tolist()) & set(e.tolist())) / len(e) for a, e in zip(approx, exact)]
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def score_recall(approx_scores: np.ndarray, exact_scores: np.ndarray, tol: float = 1e-5) -> float:
+    """Recall by scores: share of exact top-k scores matched (robust to tied ids)."""
+    hits = []
+    for a, e in zip(approx_scores, exact_scores):
+        threshold = e[-1] - tol
+        hits.append(min(1.0, float(np.sum(a >= threshold)) / len(e)))
+    return float(np.mean(hits)) if hits else 0.0
+
+
+def build_scann(items: np.ndarray, config: IndexConfig):
+    """A ScaNN TF-ops searcher over normalized ``items`` [N, D]."""
+    from scann import scann_ops
+
+    n = items.shape[0]
+    k = min(config.k, n)
+    leaves, search = config.leaves(n)
+    builder = scann_ops.builder(normalize(items), k, "dot_product")
+    if n >= 2 * leaves and leaves > 1:
+        builder = builder.tree(num_leaves=leaves, num_leaves_to_search=search,
+                               training_sample_size=min(n, config.training_sample_size))
+    builder = builder.score_ah(config.dimensions_per_block,
+                               anisotropic_quantization_threshold=config.anisotropic_threshold,
+                               training_sample_size=min(n, config.training_sample_size))
+    return builder.reorder(max(k, min(config.reorder, n))).build()
