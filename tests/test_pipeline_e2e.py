@@ -31,7 +31,8 @@ NAME = "ssl4rec"
 DATA_NODES = ["LogsExampleGen", "CatalogExampleGen", "LogsStatisticsGen", "LogsSchemaGen",
               "LogsExampleValidator", "CatalogStatisticsGen", "CatalogSchemaGen",
               "CatalogExampleValidator", "JoinExamples", "Transform", "FeatureCorrelation",
-              "Trainer"]
+              "Trainer", "IndexBuilder", "Pusher_ssl4rec", "Pusher_ssl4rec_bruteforce",
+              "Pusher_ssl4rec_query"]
 IN_MEMORY = ["--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
 HPARAMS = json.dumps({"train_steps": 60, "steps_per_epoch": 20, "batch_size": 64,
                       "ssl_batch_size": 64, "hidden_units": [32, 16], "embedding_dim": 8,
@@ -93,6 +94,40 @@ def _oracle(logs: pd.DataFrame, items: pd.DataFrame, eval_percent: int) -> dict:
     for b in features.BUCKETS:
         out[f"catalog_{b}"] = sum(v == b for v in bucket.values())
     return out
+
+
+def _check_endpoint(run_root, store, spec):
+    import numpy as np
+    import scann  # noqa: F401
+
+    from components.index import executor as index_executor
+    from components.index import search
+    from serving import query
+    from serving.server import Server
+
+    index = records.latest(store, NAME, "IndexBuilder")
+    ids, items = index_executor.read_embeddings(os.path.join(
+        index.outputs["scann_model"][0], index_executor.EMBEDDINGS_DIR))
+    assert len(ids) == 1000 and index.properties["scann_model"]["recall_at_100"] >= 0.9
+    serving_root = os.path.join(run_root, "serving")
+    bases = {n: os.path.join(serving_root, n) for n in ("ssl4rec", "ssl4rec_bruteforce")}
+    server = Server(bases, rest_port=0, grpc_port=0).start()
+    try:
+        rows = query.catalog_rows(spec)
+        body = {"instances": [query.instance(spec, rows["i3"], {"device": "mobile"})]}
+        url = f"http://127.0.0.1:{server.rest_port}"
+        brute = query.predict(url, "ssl4rec_bruteforce", body)["predictions"][0]
+        scann_answer = query.predict(url, "ssl4rec", body)["predictions"][0]
+    finally:
+        server.stop()
+    trainer_model = tf.saved_model.load(os.path.join(
+        records.latest(store, NAME, "Trainer").outputs["model"][0], "Format-Serving"))
+    dense = {k: tf.constant([v]) for k, v in body["instances"][0].items()}
+    embedding = trainer_model.signatures["query_embedding"](**dense)["embedding"].numpy()
+    exact_scores, exact_idx = search.brute_force(embedding, items, 100)
+    np.testing.assert_allclose(brute["scores"], exact_scores[0], rtol=1e-4, atol=1e-5)
+    assert brute["item_ids"][0] == ids[exact_idx[0, 0]]
+    assert len(scann_answer["item_ids"]) == 100
 
 
 def _kill_when_started(cmd, marker, log_path, timeout_s=600):
@@ -159,6 +194,10 @@ def test_data_half_end_to_end(tmp_path):
     assert os.path.getsize(os.path.join(correlation.outputs["correlation"][0],
                                         correlation_report.PNG_FILE)) > 1000
     assert "CFM groups" in out and "seed category: mask {category, subcategory" in out
+
+    # The pushed exports answer through the endpoint; scores equal brute force
+    # over the IndexBuilder's item embeddings.
+    _check_endpoint(run_root, store, spec)
 
     # 3. Same inputs again: every step is cached.
     _run(_cli(spec_path, run_root, "--span", "1"))

@@ -1,0 +1,9 @@
+"""``python -m serving`` starts the endpoint (same as ``python -m serving.server``)."""
+
+import os
+
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+from serving.server import main  # noqa: E402
+
+main()

@@ -1,0 +1,157 @@
+"""Loaded models and their versions, swapped in without failing requests.
+
+A served model is a base folder in TF Serving's layout: ``<base>/<version>/``
+with a SavedModel in each numeric version folder. A poller loads a new
+version completely (outside any lock), then swaps it in; requests that
+already hold the previous version finish on it. The newest ``keep`` versions
+stay addressable by ``/versions/<n>``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import os
+import threading
+from typing import Any, Optional
+
+import tensorflow as tf
+from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
+
+
+class NotFoundError(LookupError):
+    """No such model or version (served as 404)."""
+
+
+@dataclasses.dataclass
+class Version:
+    """One loaded SavedModel version.
+
+    Attributes:
+      number: the version folder's number.
+      path: the folder.
+      model: the loaded SavedModel.
+      signature_defs: signature name -> SignatureDef proto (for metadata).
+    """
+
+    number: int
+    path: str
+    model: Any
+    signature_defs: dict[str, meta_graph_pb2.SignatureDef]
+
+    def signature(self, name: str) -> Any:
+        """The concrete function of signature ``name``."""
+        name = name or "serving_default"
+        if name not in self.model.signatures:
+            raise KeyError(f"signature '{name}' not found; available: "
+                           f"{sorted(self.model.signatures)}")
+        return self.model.signatures[name]
+
+
+def _signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
+    proto = saved_model_pb2.SavedModel()
+    with tf.io.gfile.GFile(os.path.join(path, "saved_model.pb"), "rb") as f:
+        proto.ParseFromString(f.read())
+    defs = proto.meta_graphs[0].signature_def
+    return {k: v for k, v in defs.items() if not k.startswith("__")}
+
+
+def version_folders(base: str) -> list[int]:
+    """Complete version folders under ``base`` (a SavedModel with its variables)."""
+    if not tf.io.gfile.isdir(base):
+        return []
+    out = []
+    for name in tf.io.gfile.listdir(base):
+        name = name.rstrip("/")
+        path = os.path.join(base, name)
+        if name.isdigit() and tf.io.gfile.exists(os.path.join(path, "saved_model.pb")) and \
+                tf.io.gfile.exists(os.path.join(path, "variables", "variables.index")):
+            out.append(int(name))
+    return sorted(out)
+
+
+class ServedModel:
+    """The loaded versions of one model name."""
+
+    def __init__(self, name: str, base: str, keep: int = 2) -> None:
+        self.name, self.base, self.keep = name, base, keep
+        self._versions: dict[int, Version] = {}
+        self._failed: set[int] = set()
+        self._lock = threading.Lock()
+
+    def refresh(self) -> list[int]:
+        """Loads versions newer than the loaded ones; returns the loaded version numbers."""
+        with self._lock:
+            loaded = set(self._versions)
+        wanted = [v for v in version_folders(self.base)[-self.keep:]
+                  if v not in loaded and v not in self._failed]
+        for number in wanted:
+            path = os.path.join(self.base, str(number))
+            try:
+                version = Version(number, path, tf.saved_model.load(path), _signature_defs(path))
+            except Exception as e:  # noqa: BLE001  a bad version must not stop serving
+                logging.error("model %s: version %d at %s failed to load: %s", self.name,
+                              number, path, e)
+                self._failed.add(number)
+                continue
+            with self._lock:
+                self._versions[number] = version
+                for old in sorted(self._versions)[:-self.keep]:
+                    del self._versions[old]
+            logging.info("model %s: serving version %d", self.name, number)
+        with self._lock:
+            return sorted(self._versions)
+
+    def get(self, number: Optional[int] = None) -> Version:
+        """The newest version, or version ``number``."""
+        with self._lock:
+            if not self._versions:
+                raise NotFoundError(f"Servable not found for request: Latest({self.name})")
+            if number is None:
+                return self._versions[max(self._versions)]
+            if number not in self._versions:
+                raise NotFoundError(f"Servable not found for request: "
+                                    f"Specific({self.name}, {number})")
+            return self._versions[number]
+
+    def versions(self) -> list[int]:
+        """Loaded version numbers."""
+        with self._lock:
+            return sorted(self._versions)
+
+
+class ModelManager:
+    """Every served model, plus a poller thread that picks up new versions."""
+
+    def __init__(self, bases: dict[str, str], poll_seconds: float = 2.0) -> None:
+        self.models = {name: ServedModel(name, base) for name, base in bases.items()}
+        self.poll_seconds = poll_seconds
+        self._stop = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def refresh(self) -> None:
+        """Loads new versions of every model now."""
+        for model in self.models.values():
+            model.refresh()
+
+    def get(self, name: str) -> ServedModel:
+        """The served model called ``name``."""
+        if name not in self.models:
+            raise NotFoundError(f"Servable not found for request: Latest({name})")
+        return self.models[name]
+
+    def start(self) -> None:
+        """Loads what is there, then polls for new versions in the background."""
+        self.refresh()
+        self._thread = threading.Thread(target=self._poll, daemon=True, name="model-poller")
+        self._thread.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            self.refresh()
+
+    def stop(self) -> None:
+        """Stops the poller."""
+        self._stop.set()
+        if self._thread:
+            self._thread.join()
