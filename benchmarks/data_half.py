@@ -10,6 +10,7 @@ root: ``python benchmarks/data_half.py``.
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -17,7 +18,7 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import run_measured, write_results  # noqa: E402
+from benchmarks.common import RESULTS, run_measured, write_results  # noqa: E402
 from components.join import executor as join_executor  # noqa: E402
 from pipeline import records  # noqa: E402
 from pipeline.config import IN_MEMORY_BEAM_ARGS, PipelineConfig  # noqa: E402
@@ -93,20 +94,40 @@ def _markdown(values: dict[str, object], labels: list[str]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _previous() -> dict[str, object]:
+    path = os.path.join(RESULTS, "data_half.json")
+    if not os.path.exists(path):
+        return {}
+    with open(path) as f:
+        values = json.load(f)
+    return {k: v for k, v in values.items()
+            if k != "command" and not k.startswith("machine_")}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--items", type=int, default=1_000_000)
-    parser.add_argument("--pairs", type=int, default=1_000_000)
+    parser.add_argument("--pairs", type=int, default=500_000)
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
     parser.add_argument("--skip-in-memory", action="store_true",
                         help="skip the DirectRunner in-memory run of the synthetic case")
+    parser.add_argument("--in-memory-only", action="store_true",
+                        help="add only the in-memory case to the existing results")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-data-half-")
     from pipeline.datasets import movielens, synthetic
-    ml_spec = movielens.prepare(os.path.join(work, "ml-data"), "data/cache")
+    ml_spec = (None if args.in_memory_only else
+               movielens.prepare(os.path.join(work, "ml-data"), "data/cache"))
     syn_spec = synthetic.generate(synthetic.SyntheticConfig(
         n_items=args.items, n_pairs=args.pairs, seed=0), os.path.join(work, "syn-data"))
-    values = {**_case("movielens", ml_spec, work), **_case("synthetic", syn_spec, work)}
+    values: dict[str, object] = {}
+    if args.in_memory_only:
+        values = _previous()
+        if "synthetic_wall_s" not in values:
+            raise SystemExit("run without --in-memory-only first (needs the synthetic case)")
+    else:
+        values.update(_case("movielens", ml_spec, work))
+        values.update(_case("synthetic", syn_spec, work))
     if not args.skip_in_memory:
         values.update(_case("synthetic_in_memory", syn_spec, work, IN_MEMORY_BEAM_ARGS))
         values["ratio_wall_in_memory_vs_multi_processing"] = round(
@@ -116,8 +137,8 @@ def main() -> None:
     values["ratio_s_per_pair_synthetic_vs_movielens"] = round(
         (values["synthetic_wall_s"] / values["synthetic_log_pairs"])
         / (values["movielens_wall_s"] / values["movielens_log_pairs"]), 2)
-    labels = ["movielens", "synthetic"] + ([] if args.skip_in_memory else
-                                           ["synthetic_in_memory"])
+    labels = ["movielens", "synthetic"] + (
+        ["synthetic_in_memory"] if "synthetic_in_memory_wall_s" in values else [])
     write_results("data_half", values, lambda v: _markdown(v, labels))
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)

@@ -82,4 +82,15 @@ def summarize(config: PipelineConfig) -> str:
         if trainer:
             lines += [f"{node} ({variant}) [{trainer.state}] -> {trainer.outputs['model'][0]}",
                       f"  TensorBoard: {trainer.outputs['model_run'][0]}"]
+    index = records.latest(store, name, "IndexBuilder")
+    if index:
+        props = index.properties["scann_model"]
+        recall = {k: v for k, v in props.items() if k.startswith("recall_at_")}
+        lines.append(f"IndexBuilder [{index.state}] -> {index.outputs['scann_model'][0]} "
+                     f"({props.get('items')} items, ScaNN {recall} vs brute force)")
+    if os.path.isdir(config.serving_root):
+        served = sorted(os.listdir(config.serving_root))
+        lines += [f"Pushed for serving: {config.serving_root} {served}",
+                  "  start the endpoint: python -m serving " + " ".join(
+                      f"--model {m}={os.path.join(config.serving_root, m)}" for m in served)]
     return "\n".join(lines)

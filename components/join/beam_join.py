@@ -61,17 +61,27 @@ def _unknown(spec: DatasetSpec, item_id: bytes, side: str, n_rows: int) -> rows.
                        "log rows name an item absent from the catalog", n_rows)
 
 
-def attach_item(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetSpec) -> Iterator[Any]:
-    """Join 1: adds ``item_*`` to the log rows of one engaged item."""
-    item_id, parts = group
+def _catalog_match(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetSpec,
+                   side: str) -> tuple[Optional[Row], Iterable[Any], list[Any]]:
+    """(catalog row or None, the group's log rows, [tagged reject] if unmatched)."""
+    key, parts = group
     catalog = list(parts["catalog"])
     logs = parts["logs"]
-    if not catalog:
-        n_rows = sum(1 for _ in logs)
-        if n_rows:
-            yield beam.pvalue.TaggedOutput(REJECT_TAG, _unknown(spec, item_id, "item", n_rows))
+    if catalog:
+        return catalog[0], logs, []
+    n_rows = sum(1 for _ in logs)
+    if not n_rows:
+        return None, [], []
+    return None, [], [beam.pvalue.TaggedOutput(REJECT_TAG, _unknown(spec, key, side, n_rows))]
+
+
+def attach_item(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetSpec) -> Iterator[Any]:
+    """Join 1: adds ``item_*`` to the log rows of one engaged item."""
+    catalog, logs, rejects = _catalog_match(group, spec, "item")
+    yield from rejects
+    if catalog is None:
         return
-    item = {features.item_key(f.name): catalog[0].get(f.name, []) for f in spec.item_features}
+    item = {features.item_key(f.name): catalog.get(f.name, []) for f in spec.item_features}
     for split, log in logs:
         joined = dict(item)
         for f in spec.context_features:
@@ -81,15 +91,11 @@ def attach_item(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetSpec
 
 def attach_query(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetSpec) -> Iterator[Any]:
     """Join 2: adds ``query_*`` to the rows of one query (seed) item."""
-    query_id, parts = group
-    catalog = list(parts["catalog"])
-    logs = parts["logs"]
-    if not catalog:
-        n_rows = sum(1 for _ in logs)
-        if n_rows:
-            yield beam.pvalue.TaggedOutput(REJECT_TAG, _unknown(spec, query_id, "query", n_rows))
+    catalog, logs, rejects = _catalog_match(group, spec, "query")
+    yield from rejects
+    if catalog is None:
         return
-    query = {features.query_key(n): catalog[0].get(n, []) for n in spec.query_item_features}
+    query = {features.query_key(n): catalog.get(n, []) for n in spec.query_item_features}
     item_id_key = features.item_key(spec.item_id)
     for split, joined in logs:
         out = dict(joined)
