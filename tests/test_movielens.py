@@ -43,9 +43,15 @@ def test_convert_writes_a_valid_dataset(tmp_path):
         movies = list(csv.DictReader(f))
     assert movies[1] == {"movie_id": "2", "title": "amélie", "genres": "Comedy",
                          "year": "2000-2004"}
-    with open(os.path.join(spec.logs.base, "span-1", "pairs.csv"), encoding="utf-8") as f:
+    pairs = os.path.join(spec.logs.base, "span-1", "pairs.csv")
+    with open(pairs, encoding="utf-8") as f:
         assert list(csv.DictReader(f)) == [
             {"user_id": "1", "seed_movie_id": "1", "movie_id": "2", "timestamp": "20"}]
+    # Converting again leaves identical files untouched (ExampleGen's cache key).
+    before = os.stat(pairs).st_mtime_ns
+    os.utime(pairs, ns=(before - 10**9, before - 10**9))
+    movielens.convert(str(raw), str(tmp_path / "out"))
+    assert os.stat(pairs).st_mtime_ns == before - 10**9
 
 
 def test_checksum_mismatch_is_reported(tmp_path):

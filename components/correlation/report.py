@@ -134,7 +134,7 @@ def write(doc: Mapping[str, Any], out_dir: str) -> None:
         for j in range(len(names)):
             ax.text(j, i, f"{doc['nmi'][i][j]:.2f}", ha="center", va="center",
                     color="white" if doc["nmi"][i][j] < 0.6 else "black", fontsize=8)
-    ax.set_title(f"Normalized MI between item features ({doc['weighting']})")
+    ax.set_title(f"Normalized MI between item features ({doc['weighting']} weighting)")
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
     local = os.path.join(out_dir, PNG_FILE)

@@ -20,7 +20,8 @@ class IndexConfig:
       k: neighbours returned per query.
       num_leaves: tree partitions (0: ``sqrt(N)``, ScaNN's rule of thumb).
       leaves_to_search: partitions searched per query (0: 10% of the leaves,
-        at least 10).
+        at least 10, and enough leaves to hold about ``20 * k`` items, which
+        matters for small catalogs).
       dimensions_per_block: asymmetric-hashing block size (2 is ScaNN's default
         for high recall).
       anisotropic_threshold: anisotropic quantization threshold for dot product.
@@ -43,7 +44,8 @@ class IndexConfig:
     def leaves(self, n_items: int) -> tuple[int, int]:
         """(num_leaves, leaves_to_search) for a catalog of ``n_items``."""
         leaves = self.num_leaves or max(1, int(math.sqrt(n_items)))
-        search = self.leaves_to_search or min(leaves, max(10, leaves // 10))
+        cover = math.ceil(leaves * min(1.0, 20 * self.k / max(n_items, 1)))
+        search = self.leaves_to_search or min(leaves, max(10, leaves // 10, cover))
         return leaves, min(search, leaves)
 
 

@@ -122,7 +122,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         """Returns the PTransform that reads one split pattern."""
         return _ContractCsvToExample
 
-    def Do(self, input_dict, output_dict, exec_properties) -> None:  # noqa: N802
+    def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
+           exec_properties: dict[str, Any]) -> None:  # noqa: N802
         """Ingests, then records counts and fails on an empty table or span."""
         examples = artifact_utils.get_single_instance(
             output_dict[standard_component_specs.EXAMPLES_KEY])

@@ -14,6 +14,7 @@ bucket.
 from __future__ import annotations
 
 import csv
+import filecmp
 import hashlib
 import io
 import os
@@ -191,9 +192,23 @@ def convert(raw_dir: str, out_dir: str) -> dict[str, int]:
     rows = list(pairs(ratings))
     _write_csv(os.path.join(out_dir, "logs", "span-1", "pairs.csv"),
                ["user_id", "seed_movie_id", "movie_id", "timestamp"], rows)
-    with open(os.path.join(out_dir, "dataset.yaml"), "w", encoding="utf-8") as f:
+    spec_path = os.path.join(out_dir, "dataset.yaml")
+    with open(spec_path + ".tmp", "w", encoding="utf-8") as f:
         f.write(SPEC_YAML)
+    _replace_if_changed(spec_path + ".tmp", spec_path)
     return {"movies": len(movies), "ratings": len(ratings), "pairs": len(rows)}
+
+
+def _replace_if_changed(tmp: str, path: str) -> None:
+    """Moves ``tmp`` to ``path`` unless ``path`` already has the same bytes.
+
+    Keeping an unchanged file untouched keeps its modification time, so
+    ExampleGen's input fingerprint is stable and a re-run reuses the cache.
+    """
+    if os.path.exists(path) and filecmp.cmp(tmp, path, shallow=False):
+        os.remove(tmp)
+    else:
+        os.replace(tmp, path)
 
 
 def _write_csv(path: str, header: list[str], rows: Iterable[dict[str, str]]) -> None:
@@ -202,7 +217,7 @@ def _write_csv(path: str, header: list[str], rows: Iterable[dict[str, str]]) -> 
         writer = csv.DictWriter(f, fieldnames=header)
         writer.writeheader()
         writer.writerows(rows)
-    os.replace(tmp, path)
+    _replace_if_changed(tmp, path)
 
 
 def prepare(out_dir: str, cache_dir: str) -> str:
