@@ -55,7 +55,7 @@ def index_case(n: int, n_queries: int, batch: int, clusters: int) -> dict[str, f
     rng = np.random.default_rng(n)
     centers = rng.normal(size=(clusters, DIM)).astype(np.float32)
     items, queries = _mixture(n, centers, rng), _mixture(n_queries, centers, rng)
-    config = search.IndexConfig(k=10, reorder=100)
+    config = search.IndexConfig(k=10)
     start = time.perf_counter()
     searcher = search.build_scann(items, config)
     build_s = time.perf_counter() - start

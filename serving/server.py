@@ -120,6 +120,15 @@ class RestHandler(BaseHTTPRequestHandler):
         except NotFoundError as e:
             self._reply(404, {"error": str(e)})
 
+    def _discard(self, length: int) -> None:
+        """Reads and drops an oversized body (bounded), so the client sees the 400."""
+        remaining = min(max(length, 0), 16 * self.max_body_bytes)
+        while remaining > 0:
+            chunk = self.rfile.read(min(1 << 16, remaining))
+            if not chunk:
+                break
+            remaining -= len(chunk)
+
     def do_POST(self) -> None:  # noqa: N802
         """Predict."""
         match = self._route()
@@ -133,6 +142,7 @@ class RestHandler(BaseHTTPRequestHandler):
         except ValueError:
             length = -1
         if length < 0 or length > self.max_body_bytes:
+            self._discard(length)
             self.close_connection = True
             self._reply(400, {"error": f"request body of {length} bytes is outside the limit "
                                        f"of {self.max_body_bytes} bytes"})
