@@ -64,7 +64,9 @@ def served(tmp_path_factory, request):
     bases = {"tiny": str(root / "serving" / "tiny"), "tiny_scann": str(root / "serving" / "scann")}
     index_export.save(index_export.RetrievalModule(query_model, ids, items, K),
                       os.path.join(bases["tiny"], "1"))
-    searcher = search.build_scann(items, search.IndexConfig(k=K, reorder=50))
+    # Every leaf searched and every item rescored: ScaNN's ops, exact results.
+    searcher = search.build_scann(items, search.IndexConfig(
+        k=K, num_leaves=4, leaves_to_search=4, reorder=N_ITEMS))
     index_export.save(index_export.RetrievalModule(query_model, ids, items, K, searcher),
                       os.path.join(bases["tiny_scann"], "1"))
     server = Server(bases, rest_port=0, grpc_port=0, max_batch=8, max_body_bytes=20_000,
