@@ -24,7 +24,7 @@ install: $(STAMP)
 
 run: install
 	$(BIN)/python -m pipeline movielens --out $(DATA) --cache data/cache
-	$(BIN)/python -m pipeline run --dataset $(DATA)/dataset.yaml --run-root $(RUN_ROOT)
+	$(BIN)/python -m pipeline run --dataset $(DATA)/dataset.yaml --run-root $(RUN_ROOT) --eval-slice genres
 
 test: install lint
 	$(BIN)/python -m pytest tests

@@ -9,6 +9,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from components.evaluate.config import EvalSettings
 from components.ingest.rows import InputError
 from pipeline.config import PipelineConfig
 from transforms.spec import SpecError, load_spec
@@ -38,6 +39,14 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--variants", default="cfm",
                      help="comma-separated Trainer variants; the first is the main model "
                           "(default: cfm)")
+    run.add_argument("--eval-slice", action="append", default=None, metavar="FEATURE",
+                     help="item feature to slice evaluation metrics by (repeatable; "
+                          "head/tail/cold slices are always there)")
+    run.add_argument("--min-recall-at-50", type=float, default=EvalSettings.min_recall_at_50,
+                     help="blessing floor on overall Recall@50 (default: %(default)s)")
+    run.add_argument("--max-recall-drop", type=float, default=EvalSettings.max_recall_drop,
+                     help="largest allowed absolute drop of overall Recall@50 against the "
+                          "latest blessed model (default: %(default)s)")
     ml = sub.add_parser("movielens", help="fetch MovieLens-1M and write it as a dataset")
     ml.add_argument("--out", default="data/movielens-1m")
     ml.add_argument("--cache", default="data/cache")
@@ -75,6 +84,15 @@ def _config(**kwargs: object) -> PipelineConfig:
         raise SpecError(str(e)) from e
 
 
+def _eval_settings(args: argparse.Namespace) -> EvalSettings:
+    try:
+        return EvalSettings(min_recall_at_50=args.min_recall_at_50,
+                            max_recall_drop=args.max_recall_drop,
+                            slice_features=tuple(args.eval_slice or ()))
+    except ValueError as e:
+        raise SpecError(str(e)) from e
+
+
 def _run(args: argparse.Namespace) -> int:
     from pipeline import preflight, runner, summary
     from pipeline.config import LOCAL_BEAM_ARGS
@@ -89,6 +107,7 @@ def _run(args: argparse.Namespace) -> int:
             spec=spec, run_root=args.run_root or f"runs/{spec.name}",
             beam_pipeline_args=tuple(args.beam_arg or LOCAL_BEAM_ARGS),
             enable_cache=not args.no_cache, span=span, hparams=_hparams(args.hparams),
+            eval_settings=_eval_settings(args),
             train_variants=() if args.data_only else tuple(
                 v.strip() for v in args.variants.split(",") if v.strip()))
         runner.run(config, args.runner)

@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Optional
 
+from components.evaluate.config import EvalSettings
 from components.index.search import IndexConfig
 from components.trainer import hparams
 from transforms.spec import DatasetSpec
@@ -39,6 +40,7 @@ class PipelineConfig:
         others ``Trainer_<variant>`` (baselines and ablations side by side);
         empty: the data half only.
       index_config: ScaNN settings and recall floor of the IndexBuilder.
+      eval_settings: Evaluator slices and blessing thresholds.
       model_name: serving name; exports are pushed to
         ``<run_root>/serving/<model_name>{,_bruteforce,_query}/<version>/``.
       span_window: join the latest ``train_spans`` log spans through a
@@ -58,6 +60,7 @@ class PipelineConfig:
     train_variants: tuple[str, ...] = ("cfm",)
     span_window: bool = True
     index_config: IndexConfig = dataclasses.field(default_factory=IndexConfig)
+    eval_settings: EvalSettings = dataclasses.field(default_factory=EvalSettings)
     model_name: str = "ssl4rec"
 
     def __post_init__(self) -> None:
@@ -73,6 +76,11 @@ class PipelineConfig:
         for variant in self.train_variants:
             if variant not in hparams.VARIANTS:
                 raise ValueError(f"train_variants: {variant!r} is not one of {hparams.VARIANTS}.")
+        names = [f.name for f in self.spec.item_features]
+        unknown = sorted(set(self.eval_settings.slice_features) - set(names))
+        if unknown:
+            raise ValueError(f"eval slice features {unknown} are not item features of "
+                             f"{self.spec.name!r}; choose from {names}.")
         if self.correlation_max_values < 2:
             raise ValueError(f"correlation_max_values must be >= 2, got "
                              f"{self.correlation_max_values}.")

@@ -13,6 +13,7 @@ from tfx.proto import range_config_pb2, transform_pb2
 from tfx.types import standard_artifacts
 
 from components.correlation.component import FeatureCorrelation
+from components.evaluate import config as eval_lib
 from components.index.component import IndexBuilder
 from components.ingest import rows
 from components.ingest.component import ContractExampleGen
@@ -104,21 +105,56 @@ def trainers(config: PipelineConfig, transform: Any, correlation: Any) -> list[A
     return out
 
 
+def evaluation(config: PipelineConfig, examples: Any, model: Any) -> list[Any]:
+    """Latest-blessed-model resolver and the Evaluator (TFMA) on the eval split.
+
+    The resolver finds, in ML Metadata, the newest model this pipeline's
+    Evaluator blessed; it is the baseline of the change threshold (absent on
+    the first run, when only the value floor applies).
+    """
+    baseline = tfx.dsl.Resolver(
+        strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
+        model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
+        model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
+    ).with_id("LatestBlessedModelResolver")
+    evaluator = tfx.components.Evaluator(
+        examples=examples, model=model, baseline_model=baseline.outputs["model"],
+        example_splits=[features.EVAL_SPLIT],
+        eval_config=eval_lib.eval_config(config.spec, config.eval_settings))
+    return [baseline, evaluator]
+
+
+def served_names(config: PipelineConfig) -> tuple[str, str, str]:
+    """Serving names of the ScaNN, brute-force and query-tower exports."""
+    return (config.model_name, f"{config.model_name}_bruteforce", f"{config.model_name}_query")
+
+
+def pusher(config: PipelineConfig, name: str, model: Any, blessing: Any) -> Any:
+    """A Pusher of ``model`` to ``<serving_root>/<name>/<version>``, gated on ``blessing``."""
+    return tfx.components.Pusher(
+        model=model, model_blessing=blessing,
+        push_destination=tfx.proto.PushDestination(
+            filesystem=tfx.proto.PushDestination.Filesystem(
+                base_directory=os.path.join(config.serving_root, name)))
+    ).with_id(f"Pusher_{name}")
+
+
 def serving_components(config: PipelineConfig, join: Any, trainer: Any) -> list[Any]:
-    """IndexBuilder and one Pusher per export (TF Serving layout, versioned folders)."""
+    """IndexBuilder, Evaluator, and one blessing-gated Pusher per export.
+
+    The Evaluator scores the brute-force retrieval export (the trained model,
+    exact search over the whole catalog); its blessing gates every Pusher,
+    so an unblessed model reaches no serving folder.
+    """
     index = IndexBuilder(config.spec, model=trainer.outputs["model"],
                          examples=join.outputs["examples"], config=config.index_config)
-    pushers = []
-    for name, model in ((config.model_name, index.outputs["scann_model"]),
-                        (f"{config.model_name}_bruteforce", index.outputs["brute_force_model"]),
-                        (f"{config.model_name}_query", trainer.outputs["model"])):
-        pushers.append(tfx.components.Pusher(
-            model=model,
-            push_destination=tfx.proto.PushDestination(
-                filesystem=tfx.proto.PushDestination.Filesystem(
-                    base_directory=os.path.join(config.serving_root, name)))
-        ).with_id(f"Pusher_{name}"))
-    return [index, *pushers]
+    resolver, evaluator = evaluation(config, join.outputs["examples"],
+                                     index.outputs["brute_force_model"])
+    models = (index.outputs["scann_model"], index.outputs["brute_force_model"],
+              trainer.outputs["model"])
+    pushers = [pusher(config, name, model, evaluator.outputs["blessing"])
+               for name, model in zip(served_names(config), models)]
+    return [index, resolver, evaluator, *pushers]
 
 
 def _all_components(config: PipelineConfig) -> list[Any]:

@@ -7,9 +7,10 @@ import os
 import tensorflow as tf
 
 from components.correlation import report as correlation_report
+from components.evaluate import report as eval_report
 from components.ingest import rows
 from components.join import executor as join_executor
-from pipeline import records
+from pipeline import pipeline, records
 from pipeline.config import PipelineConfig
 from transforms import features
 
@@ -88,9 +89,43 @@ def summarize(config: PipelineConfig) -> str:
         recall = {k: v for k, v in props.items() if k.startswith("recall_at_")}
         lines.append(f"IndexBuilder [{index.state}] -> {index.outputs['scann_model'][0]} "
                      f"({props.get('items')} items, ScaNN {recall} vs brute force)")
+    lines += _evaluation(store, config)
     if os.path.isdir(config.serving_root):
         served = sorted(os.listdir(config.serving_root))
         lines += [f"Pushed for serving: {config.serving_root} {served}",
                   "  start the endpoint: python -m serving " + " ".join(
                       f"--model {m}={os.path.join(config.serving_root, m)}" for m in served)]
     return "\n".join(lines)
+
+
+def _evaluation(store: object, config: PipelineConfig) -> list[str]:
+    """Evaluator verdict, metric table by slice, results page, and what was pushed."""
+    name = config.pipeline_name
+    evaluator = records.latest(store, name, "Evaluator")
+    if not evaluator or not evaluator.outputs.get("evaluation"):
+        return []
+    uri = evaluator.outputs["evaluation"][0]
+    blessed, failures = eval_report.verdict(uri)
+    page = eval_report.write_page(uri, os.path.join(os.path.abspath(config.run_root),
+                                                    "results"), blessed, failures)
+    lines = [f"Evaluator [{evaluator.state}] -> {uri}"]
+    if blessed:
+        lines.append("  model BLESSED (passes the Recall@50 floor and is not worse than the "
+                     "latest blessed model)")
+    else:
+        lines.append("  MODEL NOT BLESSED, NOTHING PUSHED: " + "; ".join(failures))
+    lines += [f"  {row}" for row in eval_report.table(eval_report.metrics_by_slice(uri))]
+    lines.append(f"  results page: {page}")
+    for served in pipeline.served_names(config):
+        node = f"Pusher_{served}"
+        pusher = records.latest(store, name, node)
+        if not pusher:
+            continue
+        props = pusher.properties.get("pushed_model", {})
+        if props.get("pushed"):
+            lines.append(f"{node}: pushed version {props.get('pushed_version')} -> "
+                         f"{props.get('pushed_destination')}")
+        else:
+            lines.append(f"{node}: not pushed (model not blessed)")
+    return lines
+

@@ -1,8 +1,11 @@
 """End to end: synthetic logs -> every component, through the CLI, on real TFX.
 
-A run is killed midway and resumed; a third run is fully cached; a new log
-span is then ingested and joined with the previous one. Counts are checked
-against a pandas oracle of the split rule and the head/tail/cold buckets.
+A run is killed midway and resumed; a third run is cached up to the
+Evaluator (which now has a blessed baseline); a new log span is then
+ingested and joined with the previous one. Counts are checked against a
+pandas oracle of the split rule and the head/tail/cold buckets; the
+Evaluator's Recall@50 / MAP@10 against a NumPy brute-force computation; the
+pushed models through the endpoint.
 """
 
 import hashlib
@@ -31,8 +34,9 @@ NAME = "ssl4rec"
 DATA_NODES = ["LogsExampleGen", "CatalogExampleGen", "LogsStatisticsGen", "LogsSchemaGen",
               "LogsExampleValidator", "CatalogStatisticsGen", "CatalogSchemaGen",
               "CatalogExampleValidator", "JoinExamples", "Transform", "FeatureCorrelation",
-              "Trainer", "IndexBuilder", "Pusher_ssl4rec", "Pusher_ssl4rec_bruteforce",
-              "Pusher_ssl4rec_query"]
+              "Trainer", "IndexBuilder", "Evaluator", "Pusher_ssl4rec",
+              "Pusher_ssl4rec_bruteforce", "Pusher_ssl4rec_query"]
+EVALUATED = ["Evaluator", "Pusher_ssl4rec", "Pusher_ssl4rec_bruteforce", "Pusher_ssl4rec_query"]
 IN_MEMORY = ["--beam-arg=--direct_running_mode=in_memory", "--beam-arg=--direct_num_workers=1"]
 HPARAMS = json.dumps({"train_steps": 60, "steps_per_epoch": 20, "batch_size": 64,
                       "ssl_batch_size": 64, "hidden_units": [32, 16], "embedding_dim": 8,
@@ -130,6 +134,49 @@ def _check_endpoint(run_root, store, spec):
     assert len(scann_answer["item_ids"]) == 100
 
 
+def _raw_examples(split_dir):
+    files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
+    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
+
+
+def _check_evaluation(store, out):
+    """TFMA's overall Recall@50 and MAP@10 equal a NumPy brute-force computation."""
+    import numpy as np
+
+    from components.evaluate import report
+    from components.evaluate.metrics import map_at_k, positive_ranks, recall_at_k
+    from components.index import executor as index_executor
+    from components.index import search
+
+    evaluator = records.latest(store, NAME, "Evaluator")
+    assert evaluator.properties["blessing"]["blessed"] == 1
+    metrics = report.metrics_by_slice(evaluator.outputs["evaluation"][0])
+    assert {"overall", "item_bucket=head", "item_bucket=tail"} <= set(metrics)
+    assert any(label.startswith("item_category=") for label in metrics)
+    index = records.latest(store, NAME, "IndexBuilder")
+    ids, items = index_executor.read_embeddings(os.path.join(
+        index.outputs["scann_model"][0], index_executor.EMBEDDINGS_DIR))
+    join = records.latest(store, NAME, "JoinExamples")
+    rows = _raw_examples(os.path.join(join.outputs["examples"][0], "Split-eval"))
+    parsed = [tf.train.Example.FromString(r).features.feature for r in rows]
+    positive = np.array([list(ids).index(f["item_item_id"].bytes_list.value[0].decode())
+                         for f in parsed])
+    own = np.array([list(ids).index(f["query_item_id"].bytes_list.value[0].decode())
+                    for f in parsed])
+    trainer_model = tf.saved_model.load(os.path.join(
+        records.latest(store, NAME, "Trainer").outputs["model"][0], "Format-Serving"))
+    queries = trainer_model.signatures["query_embedding_examples"](
+        examples=tf.constant(rows))["embedding"].numpy()
+    scores = search.normalize(queries) @ search.normalize(items).T
+    scores[np.arange(len(own)), own] = -np.inf
+    ranks = positive_ranks(scores, positive)
+    tol = 1.5 / len(rows)   # one near-tie may order differently in TF and NumPy
+    assert metrics["overall"]["example_count"] == len(rows)
+    assert metrics["overall"]["recall_at_50"] == pytest.approx(recall_at_k(ranks, 50), abs=tol)
+    assert metrics["overall"]["map_at_10"] == pytest.approx(map_at_k(ranks, 10), abs=tol)
+    assert "model BLESSED" in out and "item_bucket=tail" in out and "results page:" in out
+
+
 def _kill_when_started(cmd, marker, log_path, timeout_s=600):
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
@@ -159,12 +206,12 @@ def test_data_half_end_to_end(tmp_path):
     # 1. Killed while the join runs; 2. resumed: finished steps are reused.
     upstream = DATA_NODES[:8]
     marker = os.path.join(run_root, "pipeline_root", "JoinExamples")
-    _kill_when_started(_cli(spec_path, run_root, "--span", "1"), marker,
-                       str(tmp_path / "killed.log"))
+    first = (*_cli(spec_path, run_root, "--span", "1"), "--eval-slice", "category")
+    _kill_when_started(first, marker, str(tmp_path / "killed.log"))
     killed = _states(run_root)
     assert all(killed[n] == ["COMPLETE"] for n in upstream), killed
     assert "COMPLETE" not in killed["JoinExamples"] and killed["Transform"] == []
-    out = _run(_cli(spec_path, run_root, "--span", "1"))
+    out = _run(first)
     resumed = _states(run_root)
     assert all(resumed[n] == ["COMPLETE", "CACHED"] for n in upstream), resumed
     assert resumed["JoinExamples"][-1] == "COMPLETE" and resumed["Transform"] == ["COMPLETE"]
@@ -195,14 +242,23 @@ def test_data_half_end_to_end(tmp_path):
                                         correlation_report.PNG_FILE)) > 1000
     assert "CFM groups" in out and "seed category: mask {category, subcategory" in out
 
+    # The Evaluator blessed the model; its metrics equal NumPy's.
+    _check_evaluation(store, out)
+
     # The pushed exports answer through the endpoint; scores equal brute force
     # over the IndexBuilder's item embeddings.
     _check_endpoint(run_root, store, spec)
 
-    # 3. Same inputs again: every step is cached.
-    _run(_cli(spec_path, run_root, "--span", "1"))
+    # 3. Same inputs again: every step up to the Evaluator is cached; the
+    # Evaluator runs once more, now against the blessed model as its baseline.
+    out = _run(first)
     again = _states(run_root)
-    assert all(states[-1] == "CACHED" for states in again.values()), again
+    assert all(again[n][-1] == "CACHED" for n in again if n not in EVALUATED), again
+    evaluator = records.latest(store, NAME, "Evaluator")
+    eval_config = json.load(open(os.path.join(evaluator.outputs["evaluation"][0],
+                                              "eval_config.json")))
+    assert any(spec_.get("isBaseline") for spec_ in eval_config["evalConfig"]["modelSpecs"])
+    assert evaluator.properties["blessing"]["blessed"] == 1 and "model BLESSED" in out
 
     # The Trainer (CFM) trained from the correlation artefact and exported.
     trainer = records.latest(store, NAME, "Trainer")
@@ -213,7 +269,13 @@ def test_data_half_end_to_end(tmp_path):
 
     # 4. A new span: ingested alone, joined together with span 1 (train_spans=2);
     # every variant trains side by side, and each one's loss falls.
-    _run(_cli(spec_path, run_root, "--span", "2", "--variants", ",".join(VARIANTS)))
+    # (The change threshold is opened: a new span may move recall either way;
+    # tests/test_evaluate.py checks that a worse model is held back.)
+    out = _run(_cli(spec_path, run_root, "--span", "2", "--variants", ",".join(VARIANTS),
+                    "--max-recall-drop", "1"))
+    assert "model BLESSED" in out
+    pushed = os.listdir(os.path.join(run_root, "serving", "ssl4rec"))
+    assert len(pushed) == 3, pushed    # runs 1, 3 (re-evaluated) and 4
     for i, variant in enumerate(VARIANTS):
         node = "Trainer" if i == 0 else f"Trainer_{variant}"
         record = records.latest(store, NAME, node)

@@ -211,3 +211,30 @@ def test_version_swap_under_live_requests_loses_none(served):
         t.join()
     assert not errors and len(answers) > 20
     assert _get(served, "/v1/models/tiny/versions/1")[0] == 200   # previous kept addressable
+
+
+def test_evaluate_signature_top_k_and_own_item_excluded(served, tmp_path):
+    """The Evaluator's signature: top-K ids over the catalog, scores (1 + cos) / 2."""
+    module = index_export.RetrievalModule(served["query_model"], served["ids"],
+                                          served["items"], K, exclude_key="query_item_id")
+    index_export.save(module, str(tmp_path / "eval"))
+    evaluate = tf.saved_model.load(str(tmp_path / "eval")).signatures["evaluate"]
+    examples = []
+    for q in QUERIES:
+        feats = {k: tf.train.Feature(bytes_list=tf.train.BytesList(
+            value=[v.encode() for v in q[k] if v])) for k in served["query_keys"]}
+        examples.append(tf.train.Example(features=tf.train.Features(
+            feature=feats)).SerializeToString())
+    out = evaluate(examples=tf.constant(examples))
+    dense = {k: tf.constant([[*q[k], *[""] * (2 - len(q[k]))] for q in QUERIES])
+             for k in served["query_keys"]}
+    emb = served["query_model"].signatures["query_embedding"](**dense)["embedding"].numpy()
+    scores = search.normalize(emb) @ search.normalize(served["items"]).T
+    for row, q in enumerate(QUERIES):
+        own = list(served["ids"]).index(q["query_item_id"][0])
+        scores[row, own] = -np.inf
+    top = np.sort(scores, axis=1)[:, ::-1][:, :K]
+    np.testing.assert_allclose(out["scores"].numpy(), (top + 1) / 2, rtol=1e-5, atol=1e-6)
+    classes = out["classes"].numpy().astype(str)
+    for row, q in enumerate(QUERIES):
+        assert q["query_item_id"][0] not in classes[row]

@@ -109,7 +109,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         export.save(export.RetrievalModule(query_model, ids, items, config.k, searcher),
                     os.path.join(scann_out.uri, SERVING_DIR))
         brute = artifact_utils.get_single_instance(output_dict[BRUTE_FORCE_MODEL_KEY])
-        export.save(export.RetrievalModule(query_model, ids, items, config.k),
+        exclude = (features.query_key(spec.item_id)
+                   if spec.item_id in spec.query_item_features else None)
+        export.save(export.RetrievalModule(query_model, ids, items, config.k,
+                                           exclude_key=exclude),
                     os.path.join(brute.uri, SERVING_DIR))
 
 

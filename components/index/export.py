@@ -11,6 +11,12 @@ Signatures: ``serving_default`` takes the query tower's named string tensors
 (``[N, M]``, ``""`` padding), ``retrieve_examples`` serialized ``tf.Example``;
 both return ``item_ids`` (string [N, K], best first) and ``scores`` (cosine,
 float [N, K]).
+
+The brute-force variant also has ``evaluate`` for TFMA: serialized
+``tf.Example`` in, ``classes`` (top-K ids over the whole catalog) and
+``scores`` mapped from cosine into [0, 1] (``(1 + cos) / 2``, as TFMA's
+set-match metrics expect) out; the query's own item is excluded when the
+query carries its item id (item-to-item retrieval).
 """
 
 from __future__ import annotations
@@ -29,8 +35,9 @@ class RetrievalModule(tf.Module):
     """Query tower + index; see the module docstring."""
 
     def __init__(self, query_model: Any, item_ids: np.ndarray, items: np.ndarray, k: int,
-                 searcher: Optional[Any] = None) -> None:
+                 searcher: Optional[Any] = None, exclude_key: Optional[str] = None) -> None:
         super().__init__()
+        self.exclude_key = exclude_key
         self.query_model = query_model
         self.item_ids = tf.constant(item_ids.astype(object).astype(bytes))
         self.k = int(min(k, len(item_ids)))
@@ -69,8 +76,29 @@ class RetrievalModule(tf.Module):
             return self._top_k(embedding)
 
         dense_fn = tf.function(from_dense).get_concrete_function(**specs)
-        return {"serving_default": dense_fn, "retrieve_examples":
-                from_examples.get_concrete_function()}
+        out = {"serving_default": dense_fn,
+               "retrieve_examples": from_examples.get_concrete_function()}
+        if self.scann is None:
+            evaluate = tf.function(self._evaluate, input_signature=[
+                tf.TensorSpec([None], tf.string, name="examples")])
+            out["evaluate"] = evaluate.get_concrete_function()
+        return out
+
+    def _evaluate(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
+        embedding = self.query_model.signatures["query_embedding_examples"](
+            examples=examples)["embedding"]
+        scores = tf.matmul(tf.math.l2_normalize(embedding, axis=-1), self.items,
+                           transpose_b=True)
+        if self.exclude_key:
+            own = tf.io.parse_example(examples, {self.exclude_key: tf.io.VarLenFeature(
+                tf.string)})[self.exclude_key]
+            own = tf.sparse.to_dense(own, default_value="")[:, :1]
+            own = tf.pad(own, [[0, 0], [0, 1 - tf.shape(own)[1]]])
+            scores = tf.where(tf.equal(self.item_ids[None, :], own),
+                              tf.constant(-2.0, scores.dtype), scores)
+        top = tf.math.top_k(scores, k=self.k)
+        return {"classes": tf.gather(self.item_ids, top.indices),
+                "scores": tf.clip_by_value((top.values + 1.0) / 2.0, 0.0, 1.0)}
 
 
 def save(module: RetrievalModule, path: str) -> None:

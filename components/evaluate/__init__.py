@@ -1,0 +1,1 @@
+"""Retrieval evaluation: TFMA metrics, the Evaluator's config, NumPy references."""

@@ -1,0 +1,129 @@
+"""Readable evaluation results: metric tables by slice, blessing verdict, results page.
+
+Reads the Evaluator's output with TFMA's own loaders
+(``tfma.load_eval_result``, ``tfma.load_validation_result``).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from typing import Any
+
+import tensorflow_model_analysis as tfma
+
+from components.evaluate.config import GATE_METRIC, KS, metric_name
+
+COLUMNS = ("example_count", *(metric_name(kind, k) for kind in ("recall", "map") for k in KS))
+PAGE = "evaluation.md"
+CHART = "recall_by_slice.png"
+
+
+def slice_label(slice_key: Any) -> str:
+    """``overall`` or ``feature=value`` (``a=x, b=y`` for crosses)."""
+    if not slice_key:
+        return "overall"
+    parts = []
+    for name, value in slice_key:
+        value = value.decode() if isinstance(value, bytes) else value
+        parts.append(f"{name}={value}")
+    return ", ".join(parts)
+
+
+def metrics_by_slice(eval_uri: str) -> dict[str, dict[str, float]]:
+    """Slice label -> metric name -> value of the evaluated (candidate) model."""
+    config = tfma.load_eval_result(eval_uri).config
+    names = [s.name for s in config.model_specs if not s.is_baseline]
+    result = tfma.load_eval_result(eval_uri, model_name=names[0] if names else None)
+    out: dict[str, dict[str, float]] = {}
+    for slice_key, by_output in result.slicing_metrics:
+        values = {}
+        for by_sub_key in by_output.values():
+            for metrics in by_sub_key.values():
+                for name, value in metrics.items():
+                    if isinstance(value, dict) and "doubleValue" in value:
+                        values[name] = float(value["doubleValue"])
+        out[slice_label(slice_key)] = values
+    return out
+
+
+def _order(label: str) -> tuple[int, str]:
+    head = {"overall": 0, "item_bucket=head": 1, "item_bucket=tail": 2, "item_bucket=cold": 3}
+    return (head.get(label, 4), label)
+
+
+def table(metrics: dict[str, dict[str, float]], markdown: bool = False) -> list[str]:
+    """One row per slice (overall, head, tail, cold, then the rest), one column per metric."""
+    rows = [[label, *(_cell(metrics[label].get(c)) for c in COLUMNS)]
+            for label in sorted(metrics, key=_order)]
+    header = ["slice", *COLUMNS]
+    if markdown:
+        return ["| " + " | ".join(header) + " |", "|---" * len(header) + "|",
+                *("| " + " | ".join(r) + " |" for r in rows)]
+    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
+    return ["  ".join(str(c).ljust(w) for c, w in zip(r, widths)).rstrip()
+            for r in [header, *rows]]
+
+
+def _cell(value: float | None) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "-"
+    return str(int(value)) if float(value).is_integer() and value > 1 else f"{value:.4f}"
+
+
+def verdict(eval_uri: str) -> tuple[bool, list[str]]:
+    """(blessed by the thresholds?, one line per failed threshold)."""
+    result = tfma.load_validation_result(eval_uri)
+    failures = []
+    for per_slice in result.metric_validations_per_slice:
+        for failure in per_slice.failures:
+            key = failure.metric_key
+            what = key.name + (" change vs latest blessed" if key.is_diff else "")
+            failures.append(f"{what}: {failure.metric_value.double_value.value:.4f} "
+                            f"fails {_threshold(failure.metric_threshold)}")
+    if result.missing_thresholds:
+        failures.append(f"metrics with thresholds were not computed: "
+                        f"{[k.name for k in result.missing_thresholds]}")
+    return bool(result.validation_ok), failures
+
+
+def _threshold(threshold: Any) -> str:
+    if threshold.HasField("value_threshold"):
+        return f"floor >= {threshold.value_threshold.lower_bound.value:g}"
+    if threshold.HasField("change_threshold"):
+        return f"allowed change >= {threshold.change_threshold.absolute.value:g}"
+    return str(threshold).replace("\n", " ")
+
+
+def write_page(eval_uri: str, out_dir: str, blessed: bool, failures: list[str]) -> str:
+    """Markdown page (table + PNG chart of Recall@K by slice); returns its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metrics = metrics_by_slice(eval_uri)
+    os.makedirs(out_dir, exist_ok=True)
+    labels = sorted(metrics, key=_order)
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 4))
+    width = 0.8 / len(KS)
+    for i, k in enumerate(KS):
+        ax.bar([x + i * width for x in range(len(labels))],
+               [metrics[s].get(metric_name("recall", k), 0.0) for s in labels], width,
+               label=f"Recall@{k}")
+    ax.set_xticks([x + width * (len(KS) - 1) / 2 for x in range(len(labels))])
+    ax.set_xticklabels(labels, rotation=60, ha="right", fontsize=7)
+    ax.set_ylabel("recall")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(os.path.join(out_dir, CHART), dpi=110)
+    plt.close(fig)
+    status = "BLESSED" if blessed else "NOT BLESSED: " + "; ".join(failures)
+    lines = ["# Evaluation", "", f"Evaluator output: `{eval_uri}` "
+             "(`tfma.load_eval_result` reads it).", "", f"Verdict: **{status}** "
+             f"(gate: overall {GATE_METRIC}).", "", *table(metrics, markdown=True), "",
+             f"![Recall by slice]({CHART})", ""]
+    path = os.path.join(out_dir, PAGE)
+    with open(path, "w") as f:
+        f.write("\n".join(lines))
+    return path
