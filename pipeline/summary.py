@@ -92,7 +92,7 @@ def summarize(config: PipelineConfig) -> str:
     lines += _evaluation(store, config)
     if os.path.isdir(config.serving_root):
         served = sorted(os.listdir(config.serving_root))
-        lines += [f"Pushed for serving: {config.serving_root} {served}",
+        lines += [f"Serving folders (newest pushed versions): {config.serving_root} {served}",
                   "  start the endpoint: python -m serving " + " ".join(
                       f"--model {m}={os.path.join(config.serving_root, m)}" for m in served)]
     return "\n".join(lines)
@@ -110,8 +110,9 @@ def _evaluation(store: object, config: PipelineConfig) -> list[str]:
                                                     "results"), blessed, failures)
     lines = [f"Evaluator [{evaluator.state}] -> {uri}"]
     if blessed:
-        lines.append("  model BLESSED (passes the Recall@50 floor and is not worse than the "
-                     "latest blessed model)")
+        lines.append("  model BLESSED: passes the Recall@50 floor and " + (
+            "is not worse than the latest blessed model" if eval_report.has_baseline(uri)
+            else "no model was blessed before"))
     else:
         lines.append("  MODEL NOT BLESSED, NOTHING PUSHED: " + "; ".join(failures))
     lines += [f"  {row}" for row in eval_report.table(eval_report.metrics_by_slice(uri))]

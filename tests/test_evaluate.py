@@ -135,14 +135,12 @@ def runs(tmp_path_factory):
                                                        max_recall_drop=0.01,
                                                        slice_features=("genre",)))
     examples_dir = _write_examples(str(root / "examples"))
-    store = records.open_store
     out = {"config": config}
     for label, ranks in (("good", [c[4] for c in CASES]), ("worse", WORSE_RANKS)):
         _run(config, examples_dir, _save_model(str(root / label), ranks))
-        evaluator = records.latest(store(config.metadata_path), config.pipeline_name,
-                                   "Evaluator")
-        push = records.latest(store(config.metadata_path), config.pipeline_name,
-                              f"Pusher_{config.model_name}")
+        store = records.open_store(config.metadata_path)
+        evaluator = records.latest(store, config.pipeline_name, "Evaluator")
+        push = records.latest(store, config.pipeline_name, f"Pusher_{config.model_name}")
         out[label] = {"evaluation": evaluator.outputs["evaluation"][0],
                       "blessed": evaluator.properties["blessing"].get("blessed"),
                       "pushed": push.properties["pushed_model"].get("pushed"),

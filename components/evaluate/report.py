@@ -47,6 +47,11 @@ def metrics_by_slice(eval_uri: str) -> dict[str, dict[str, float]]:
     return out
 
 
+def has_baseline(eval_uri: str) -> bool:
+    """Whether the evaluation compared against a baseline (a previously blessed model)."""
+    return any(s.is_baseline for s in tfma.load_eval_result(eval_uri).config.model_specs)
+
+
 def _order(label: str) -> tuple[int, str]:
     head = {"overall": 0, "item_bucket=head": 1, "item_bucket=tail": 2, "item_bucket=cold": 3}
     return (head.get(label, 4), label)
