@@ -14,9 +14,9 @@ float [N, K]).
 
 The brute-force variant also has ``evaluate`` for TFMA: serialized
 ``tf.Example`` in, ``classes`` (top-K ids over the whole catalog) and
-``scores`` mapped from cosine into [0, 1] (``(1 + cos) / 2``, as TFMA's
-set-match metrics expect) out; the query's own item is excluded when the
-query carries its item id (item-to-item retrieval).
+``scores`` mapped from cosine into [0, 1] (``(1 + cos) / 2``, the range TFMA
+expects of confidence scores) out; the query's own item is excluded when
+the query carries its item id (item-to-item retrieval).
 """
 
 from __future__ import annotations
