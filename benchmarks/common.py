@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import glob
 import json
 import os
 import platform
@@ -66,6 +67,15 @@ def run_measured(cmd: Sequence[str], env: dict[str, str], log_path: str) -> tupl
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with {code}; see {log_path}")
     return wall, peak[0] / 2**20
+
+
+def latest_artifact(run_root: str, node: str, key: str) -> str:
+    """Folder of the newest ``<node>/<key>`` artefact of a local pipeline run."""
+    paths = sorted(glob.glob(os.path.join(run_root, "pipeline_root", node, key, "*")),
+                   key=lambda p: int(os.path.basename(p)))
+    if not paths:
+        raise SystemExit(f"no {node}/{key} under {run_root}; run the pipeline first")
+    return paths[-1]
 
 
 def write_results(name: str, values: dict[str, object],

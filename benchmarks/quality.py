@@ -43,8 +43,7 @@ import tensorflow as tf  # noqa: E402
 import tensorflow_transform as tft  # noqa: E402
 import tf_keras  # noqa: E402
 
-from benchmarks.common import RESULTS, write_results  # noqa: E402
-from benchmarks.train_throughput import _latest  # noqa: E402
+from benchmarks.common import RESULTS, latest_artifact, write_results  # noqa: E402
 from components.correlation import report as correlation_report  # noqa: E402
 from components.evaluate.metrics import map_at_k, positive_ranks, recall_at_k  # noqa: E402
 from components.index.search import normalize  # noqa: E402
@@ -107,16 +106,13 @@ def prepare_splits(train_dir: str, work: str) -> dict[str, object]:
     }
 
 
-def _parse(records: np.ndarray, feature_spec: dict) -> dict[str, tf.Tensor]:
-    spec = {k: v for k, v in feature_spec.items() if k != features.ITEM_BUCKET}
-    parsed = data._to_ragged(tf.io.parse_example(tf.constant(list(records)), spec))
-    bucket = tf.io.parse_example(tf.constant(list(records)),
-                                 {features.ITEM_BUCKET: feature_spec[features.ITEM_BUCKET]})
-    bucket = bucket[features.ITEM_BUCKET]
-    if isinstance(bucket, tf.SparseTensor):
-        bucket = tf.sparse.to_dense(bucket, default_value=b"")
-    parsed[features.ITEM_BUCKET] = tf.reshape(bucket, [-1])
-    return parsed
+def _parse(records: np.ndarray, feature_spec: dict) -> tuple[dict[str, tf.Tensor], np.ndarray]:
+    """Transformed features (ragged ids) and each row's item bucket."""
+    parsed = data._to_ragged(tf.io.parse_example(tf.constant(list(records)), feature_spec))
+    bucket = parsed.pop(features.ITEM_BUCKET)
+    if isinstance(bucket, tf.RaggedTensor):
+        bucket = bucket.to_tensor(default_value=b"")
+    return parsed, np.array([b.decode() for b in tf.reshape(bucket, [-1]).numpy()])
 
 
 def _id_index(batch: dict, key: str) -> np.ndarray:
@@ -131,8 +127,8 @@ class Evaluation:
 
     def __init__(self, records: np.ndarray, catalog: np.ndarray, feature_spec: dict,
                  spec) -> None:
-        self.catalog = _parse(catalog, feature_spec)
-        self.queries = _parse(records, feature_spec)
+        self.catalog, _ = _parse(catalog, feature_spec)
+        self.queries, self.bucket = _parse(records, feature_spec)
         item_key = features.item_key(spec.item_id)
         catalog_ids = _id_index(self.catalog, item_key)
         column = {int(v): i for i, v in enumerate(catalog_ids)}
@@ -141,19 +137,17 @@ class Evaluation:
         self.own = (np.array([column.get(int(v), -1) for v in
                               _id_index(self.queries, query_key)])
                     if query_key in self.queries else None)
-        self.bucket = np.array([b.decode() for b in self.queries[features.ITEM_BUCKET].numpy()])
+        self.n_items = len(catalog_ids)
 
     @staticmethod
     def _embed(fn, batch: dict, n: int, size: int = 8192) -> np.ndarray:
         out = []
         for start in range(0, n, size):
-            part = {k: v[start:start + size] for k, v in batch.items()
-                    if k != features.ITEM_BUCKET}
-            out.append(fn(part).numpy())
+            out.append(fn({k: v[start:start + size] for k, v in batch.items()}).numpy())
         return normalize(np.concatenate(out))
 
     def score(self, model) -> dict[str, float]:
-        items = self._embed(model.item_embedding, self.catalog, len(self.catalog_rows))
+        items = self._embed(model.item_embedding, self.catalog, self.n_items)
         queries = self._embed(model.query_embedding, self.queries, len(self.positive))
         ranks = np.empty(len(self.positive), np.int64)
         for start in range(0, len(queries), 8192):
@@ -171,10 +165,6 @@ class Evaluation:
                 out[f"{name}_recall_at_{k}"] = recall_at_k(ranks[mask], k)
                 out[f"{name}_map_at_{k}"] = map_at_k(ranks[mask], k)
         return out
-
-    @property
-    def catalog_rows(self) -> range:
-        return range(int(next(iter(self.catalog.values())).shape[0]))
 
 
 class Cells:
@@ -208,11 +198,11 @@ def main() -> None:
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     spec = load_spec(args.dataset)
-    examples = _latest(args.run_root, "Transform", "transformed_examples")
-    transform_dir = _latest(args.run_root, "Transform", "transform_graph")
+    examples = latest_artifact(args.run_root, "Transform", "transformed_examples")
+    transform_dir = latest_artifact(args.run_root, "Transform", "transform_graph")
     catalog_dir = os.path.join(examples, "Split-catalog")
     correlation = correlation_report.read(
-        _latest(args.run_root, "FeatureCorrelation", "correlation"))
+        latest_artifact(args.run_root, "FeatureCorrelation", "correlation"))
     os.makedirs(args.work, exist_ok=True)
     splits = prepare_splits(os.path.join(examples, "Split-train"), args.work)
     feature_spec = tft.TFTransformOutput(transform_dir).transformed_feature_spec()

@@ -11,7 +11,6 @@ repository root after ``make run``: ``python benchmarks/train_throughput.py``.
 from __future__ import annotations
 
 import argparse
-import glob
 import os
 import sys
 import time
@@ -22,7 +21,7 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 import tensorflow_transform as tft  # noqa: E402
 import tf_keras  # noqa: E402
 
-from benchmarks.common import write_results  # noqa: E402
+from benchmarks.common import latest_artifact, write_results  # noqa: E402
 from components.correlation import report as correlation_report  # noqa: E402
 from components.trainer import data  # noqa: E402
 from components.trainer import hparams as hparams_lib  # noqa: E402
@@ -40,14 +39,6 @@ class _EpochTimer(tf_keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         self.times.append(time.perf_counter() - self.start)
-
-
-def _latest(run_root: str, node: str, key: str) -> str:
-    paths = sorted(glob.glob(os.path.join(run_root, "pipeline_root", node, key, "*")),
-                   key=lambda p: int(os.path.basename(p)))
-    if not paths:
-        raise SystemExit(f"no {node}/{key} under {run_root}; run the pipeline first")
-    return paths[-1]
 
 
 def _measure(variant: str, args: argparse.Namespace, spec, dirs: dict, correlation) -> float:
@@ -80,12 +71,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     args = parser.parse_args()
     spec = load_spec(args.dataset)
-    examples = _latest(args.run_root, "Transform", "transformed_examples")
-    dirs = {"transform": _latest(args.run_root, "Transform", "transform_graph"),
+    examples = latest_artifact(args.run_root, "Transform", "transformed_examples")
+    dirs = {"transform": latest_artifact(args.run_root, "Transform", "transform_graph"),
             "train": os.path.join(examples, "Split-train"),
             "catalog": os.path.join(examples, "Split-catalog")}
     correlation = correlation_report.read(
-        _latest(args.run_root, "FeatureCorrelation", "correlation"))
+        latest_artifact(args.run_root, "FeatureCorrelation", "correlation"))
     values: dict[str, object] = {"batch_size": args.batch, "measured_steps": args.steps
                                  * args.repeats}
     for variant in hparams_lib.VARIANTS:

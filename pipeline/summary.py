@@ -106,8 +106,9 @@ def _evaluation(store: object, config: PipelineConfig) -> list[str]:
         return []
     uri = evaluator.outputs["evaluation"][0]
     blessed, failures = eval_report.verdict(uri)
-    page = eval_report.write_page(uri, os.path.join(os.path.abspath(config.run_root),
-                                                    "results"), blessed, failures)
+    metrics = eval_report.metrics_by_slice(uri)
+    page = eval_report.write_page(uri, metrics, os.path.join(
+        os.path.abspath(config.run_root), "results"), blessed, failures)
     lines = [f"Evaluator [{evaluator.state}] -> {uri}"]
     if blessed:
         lines.append("  model BLESSED: passes the Recall@50 floor and " + (
@@ -115,7 +116,7 @@ def _evaluation(store: object, config: PipelineConfig) -> list[str]:
             else "no model was blessed before"))
     else:
         lines.append("  MODEL NOT BLESSED, NOTHING PUSHED: " + "; ".join(failures))
-    lines += [f"  {row}" for row in eval_report.table(eval_report.metrics_by_slice(uri))]
+    lines += [f"  {row}" for row in eval_report.table(metrics)]
     lines.append(f"  results page: {page}")
     for served in pipeline.served_names(config):
         node = f"Pusher_{served}"

@@ -66,39 +66,36 @@ def map_at_k(ranks: np.ndarray, k: int) -> float:
     return float(np.mean(np.where(ranks < k, 1.0 / (ranks + 1), 0.0)))
 
 
-class RecallAtK(metric_types.Metric):
-    """Recall@K over set-valued labels and ranked ``classes`` predictions (TFMA metric).
+class _RankedListMetric(metric_types.Metric):
+    """A metric of set-valued labels against ranked ``classes`` predictions.
 
     Args:
       top_k: K.
-      name: metric name (default ``recall@<K>``).
+      name: metric name (default ``<kind>@<K>``).
       prediction_class_key: key of the ranked ids in the prediction dict.
     """
 
+    KIND = ""
+
     def __init__(self, top_k: int, name: Optional[str] = None,
                  prediction_class_key: str = "classes") -> None:
-        super().__init__(_computations, top_k=top_k, name=name or f"recall@{top_k}",
-                         prediction_class_key=prediction_class_key, kind="recall")
+        super().__init__(_computations, top_k=top_k, name=name or f"{self.KIND}@{top_k}",
+                         prediction_class_key=prediction_class_key, kind=self.KIND)
+
+
+class RecallAtK(_RankedListMetric):
+    """Recall@K (TFMA metric); see the module docstring."""
+
+    KIND = "recall"
+
+
+class MeanAveragePrecisionAtK(_RankedListMetric):
+    """MAP@K (TFMA metric); see the module docstring."""
+
+    KIND = MAP_NAME
 
 
 metric_types.register_metric(RecallAtK)
-
-
-class MeanAveragePrecisionAtK(metric_types.Metric):
-    """MAP@K over set-valued labels and ranked ``classes`` predictions (TFMA metric).
-
-    Args:
-      top_k: K.
-      name: metric name (default ``map@<K>``).
-      prediction_class_key: key of the ranked ids in the prediction dict.
-    """
-
-    def __init__(self, top_k: int, name: Optional[str] = None,
-                 prediction_class_key: str = "classes") -> None:
-        super().__init__(_computations, top_k=top_k, name=name or f"{MAP_NAME}@{top_k}",
-                         prediction_class_key=prediction_class_key, kind="map")
-
-
 metric_types.register_metric(MeanAveragePrecisionAtK)
 
 
@@ -149,7 +146,7 @@ class _TopKCombiner(beam.CombineFn):
             weights = element.get_example_weights(self._key.model_name, self._key.output_name)
             weight = float(np.asarray(weights).reshape(-1)[0]) if weights is not None else 1.0
         classes = np.asarray(predictions[self._class_key]).reshape(-1)
-        if self._kind == "map":
+        if self._kind == MAP_NAME:
             acc[0] += weight * average_precision_at_k(classes, positives, self._top_k)
             acc[1] += weight
         else:

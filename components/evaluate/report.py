@@ -11,6 +11,7 @@ import os
 from typing import Any
 
 import tensorflow_model_analysis as tfma
+from tensorflow_model_analysis.writers import eval_config_writer
 
 from components.evaluate.config import GATE_METRIC, KS, metric_name
 
@@ -30,10 +31,14 @@ def slice_label(slice_key: Any) -> str:
     return ", ".join(parts)
 
 
+def _model_specs(eval_uri: str) -> list[Any]:
+    """The model specs the Evaluator ran with (from its ``eval_config.json``)."""
+    return list(eval_config_writer.load_eval_run(eval_uri)[0].model_specs)
+
+
 def metrics_by_slice(eval_uri: str) -> dict[str, dict[str, float]]:
     """Slice label -> metric name -> value of the evaluated (candidate) model."""
-    config = tfma.load_eval_result(eval_uri).config
-    names = [s.name for s in config.model_specs if not s.is_baseline]
+    names = [s.name for s in _model_specs(eval_uri) if not s.is_baseline]
     result = tfma.load_eval_result(eval_uri, model_name=names[0] if names else None)
     out: dict[str, dict[str, float]] = {}
     for slice_key, by_output in result.slicing_metrics:
@@ -49,7 +54,7 @@ def metrics_by_slice(eval_uri: str) -> dict[str, dict[str, float]]:
 
 def has_baseline(eval_uri: str) -> bool:
     """Whether the evaluation compared against a baseline (a previously blessed model)."""
-    return any(s.is_baseline for s in tfma.load_eval_result(eval_uri).config.model_specs)
+    return any(s.is_baseline for s in _model_specs(eval_uri))
 
 
 def _order(label: str) -> tuple[int, str]:
@@ -100,14 +105,17 @@ def _threshold(threshold: Any) -> str:
     return str(threshold).replace("\n", " ")
 
 
-def write_page(eval_uri: str, out_dir: str, blessed: bool, failures: list[str]) -> str:
-    """Markdown page (table + PNG chart of Recall@K by slice); returns its path."""
+def write_page(eval_uri: str, metrics: dict[str, dict[str, float]], out_dir: str,
+               blessed: bool, failures: list[str]) -> str:
+    """Markdown page (table + PNG chart of Recall@K by slice); returns its path.
+
+    ``metrics`` is :func:`metrics_by_slice` of ``eval_uri``.
+    """
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    metrics = metrics_by_slice(eval_uri)
     os.makedirs(out_dir, exist_ok=True)
     labels = sorted(metrics, key=_order)
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(labels)), 4))
