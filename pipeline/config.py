@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Any, Mapping, Optional
 
+from components.correlation import estimator as correlation_estimator
 from components.evaluate.config import EvalSettings
 from components.index.search import IndexConfig
 from components.trainer import hparams
@@ -34,6 +35,8 @@ class PipelineConfig:
         ``train_frequency``.
       correlation_max_values: features with more distinct values are hashed
         into this many buckets for the MI statistics.
+      correlation_measure: the dependence measure that forms the CFM groups:
+        ``ami`` (adjusted MI, chance-corrected) or ``nmi`` (plug-in NMI).
       hparams: Trainer hyper-parameters (see ``components.trainer.hparams``);
         validated here, once.
       train_variants: one Trainer per variant; the first is ``Trainer``, the
@@ -56,6 +59,7 @@ class PipelineConfig:
     span: Optional[int] = None
     correlation_weighting: str = "items"
     correlation_max_values: int = 10_000
+    correlation_measure: str = "ami"
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     train_variants: tuple[str, ...] = ("cfm",)
     span_window: bool = True
@@ -72,6 +76,9 @@ class PipelineConfig:
         if self.correlation_weighting not in ("items", "train_frequency"):
             raise ValueError("correlation_weighting must be 'items' or 'train_frequency', "
                              f"got {self.correlation_weighting!r}.")
+        if self.correlation_measure not in correlation_estimator.MEASURES:
+            raise ValueError(f"correlation_measure must be one of "
+                             f"{correlation_estimator.MEASURES}, got {self.correlation_measure!r}.")
         hparams.from_dict(self.hparams)
         for variant in self.train_variants:
             if variant not in hparams.VARIANTS:

@@ -85,7 +85,7 @@ def data_components(config: PipelineConfig) -> list[Any]:
         custom_config={preprocessing.SPEC_KEY: spec.to_dict()})
     correlation = FeatureCorrelation(
         spec, examples=join.outputs["examples"], weighting=config.correlation_weighting,
-        max_values=config.correlation_max_values)
+        max_values=config.correlation_max_values, measure=config.correlation_measure)
     correlation.add_upstream_node(transform)
     return [logs_gen, catalog_gen, *logs_checks, *catalog_checks, *window, join, transform,
             correlation]

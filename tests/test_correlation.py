@@ -8,12 +8,16 @@ import tempfile
 import apache_beam as beam
 import numpy as np
 import pytest
-from sklearn.metrics import mutual_info_score, normalized_mutual_info_score
+from sklearn.metrics import (
+    adjusted_mutual_info_score,
+    mutual_info_score,
+    normalized_mutual_info_score,
+)
 
 from components.correlation import beam_mi, estimator, report
 
 
-def _run(items, names, max_values=10_000, weights=None, n_masked=2):
+def _run(items, names, max_values=10_000, weights=None, n_masked=2, measure="ami"):
     weights = weights or [1.0] * len(items)
     with tempfile.TemporaryDirectory() as tmp:
         path = os.path.join(tmp, "sums.pickle")
@@ -23,7 +27,7 @@ def _run(items, names, max_values=10_000, weights=None, n_masked=2):
                  | beam.Map(lambda s: pickle.dump(s, open(path, "wb"))))
         with open(path, "rb") as f:
             sums = pickle.load(f)
-    return report.assemble(sums, "id", names, n_masked, "items")
+    return report.assemble(sums, "id", names, n_masked, "items", measure)
 
 
 def _random_items(n, seed):
@@ -55,6 +59,89 @@ def test_single_valued_matches_sklearn():
     # The id determines everything: MI(id, f) = H(f), H(id) = log N.
     assert mi[0, idx["b"]] == pytest.approx(doc["entropy"]["b"])
     assert doc["entropy"]["id"] == pytest.approx(math.log(3000))
+
+
+def _coded(values, prefix):
+    return [[prefix + b"%d" % v] for v in values]
+
+
+def test_adjusted_mi_matches_sklearn_on_single_valued_pairs():
+    rng = np.random.default_rng(5)
+    n = 1500
+    low = rng.integers(0, 4, n)                                   # 4 values
+    mid = np.where(rng.random(n) < 0.3, low * 10, rng.integers(0, 40, n))   # depends on low
+    high = rng.integers(0, 700, n)                                # ~N/2 values, independent
+    some = np.where(rng.random(n) < 0.5, high // 7, rng.integers(0, 100, n))  # depends on high
+    columns = {"low": low, "mid": mid, "high": high, "some": some}
+    items = [{f: [b"%d" % columns[f][k]] for f in columns} for k in range(n)]
+    doc = _run(items, list(columns))
+    idx = {f: i for i, f in enumerate(doc["features"])}
+    ami = np.array(doc["ami"])
+    for f in columns:
+        for g in columns:
+            if f < g:
+                assert ami[idx[f], idx[g]] == pytest.approx(
+                    adjusted_mutual_info_score(columns[f], columns[g]), abs=1e-9), (f, g)
+    ids = np.arange(n)
+    for f in columns:        # a unique key: MI = EMI = H(f), so AMI is 0 (sklearn: ~1e-12)
+        assert doc["emi"][0][idx[f]] == pytest.approx(doc["mi"][0][idx[f]], rel=1e-9)
+        assert ami[0, idx[f]] == pytest.approx(adjusted_mutual_info_score(ids, columns[f]),
+                                               abs=1e-9)
+        assert ami[0, idx[f]] == 0.0
+    assert np.allclose(ami, ami.T) and np.allclose(np.diag(ami), 1.0)
+
+
+def test_independent_high_cardinality_pair_scores_near_zero():
+    rng = np.random.default_rng(6)
+    n = 2000
+    x, y = rng.integers(0, n // 2, n), rng.integers(0, n // 2, n)
+    assert len(set(x)) > 800 and len(set(y)) > 800
+    items = [{"x": [b"%d" % u], "y": [b"%d" % v]} for u, v in zip(x, y)]
+    doc = _run(items, ["x", "y"], n_masked=1)
+    assert doc["nmi"][1][2] > 0.5      # plug-in: a sparse table looks deterministic
+    assert abs(doc["ami"][1][2]) <= 0.02
+    assert doc["ami"][1][2] == pytest.approx(adjusted_mutual_info_score(x, y), abs=1e-9)
+
+
+def test_planted_pair_ranks_first_among_high_cardinality_noise():
+    rng = np.random.default_rng(7)
+    n = 2000
+    a = rng.integers(0, 200, n)
+    b = np.where(rng.random(n) < 0.25, a, rng.integers(0, 200, n))    # 25% copies of a
+    noise = {f"noise{k}": rng.integers(0, 1000 + 200 * k, n) for k in range(4)}
+    columns = {**noise, "a": a, "b": b}
+    items = [{f: [b"%d" % columns[f][k]] for f in columns} for k in range(n)]
+    doc = _run(items, list(columns), n_masked=2)
+    assert doc["ranking"]["a"][0] == "b" and doc["ranking"]["b"][0] == "a"
+    assert doc["groups"]["a"] == ["a", "b"]
+    # The plug-in NMI ranks b last, below the id and every noise feature.
+    plug_in = _run(items, list(columns), n_masked=2, measure="nmi")
+    assert plug_in["measure"] == "nmi" and plug_in["ranking"]["a"][-1] == "b"
+    # The id is independent of everything (AMI 0): its group is itself plus
+    # the first features in spec order, i.e. no feature is drawn in by it.
+    assert all(doc["ami"][0][j] == 0.0 for j in range(1, len(doc["features"])))
+    assert doc["groups"]["id"] == ["id", "noise0"]
+
+
+def test_multivalued_expected_mi_matches_a_permutation_null():
+    rng = np.random.default_rng(8)
+    n = 600
+    tags = [[b"t%d" % v for v in set(rng.integers(0, 40, rng.integers(1, 4)))] for _ in range(n)]
+    kind = [[b"k%d" % rng.integers(0, 60)] for _ in range(n)]
+    items = [{"tags": t, "kind": k} for t, k in zip(tags, kind)]
+    doc = _run(items, ["tags", "kind"], n_masked=1)
+    i, j = doc["features"].index("tags"), doc["features"].index("kind")
+    null = []
+    for _ in range(200):     # MI of the same pair with the items of one side shuffled
+        order = rng.permutation(n)
+        shuffled = [{"tags": tags[k], "kind": kind[order[k]]} for k in range(n)]
+        null.append(estimator.exact_mi(shuffled, "tags", "kind")[0])
+    mean, sem = np.mean(null), np.std(null) / np.sqrt(len(null))
+    assert doc["mi"][i][j] == pytest.approx(estimator.exact_mi(items, "tags", "kind")[0])
+    # The hypergeometric expectation over fractional counts is an approximation:
+    # within 5% of the permutation mean (and of its Monte-Carlo error).
+    assert abs(doc["emi"][i][j] - mean) <= 0.05 * mean + 4 * sem, (doc["emi"][i][j], mean, sem)
+    assert abs(doc["ami"][i][j]) < 0.03
 
 
 def test_independent_features_near_zero_on_large_samples():
@@ -105,6 +192,20 @@ def test_degenerate_features_are_reported_not_fatal():
     assert set(doc["degenerate"]) == {"const", "empty"}
     assert doc["mi"][1][2] == 0.0 and doc["mi"][1][3] == 0.0
     assert any("const is degenerate" in line for line in report.describe_groups(doc))
+
+
+def test_heat_map_shows_the_grouping_measure(tmp_path):
+    import matplotlib.image
+
+    items, *_ = _random_items(300, seed=9)
+    doc = _run(items, ["a", "b", "c"])
+    report.write(doc, str(tmp_path))
+    image = matplotlib.image.imread(str(tmp_path / report.PNG_FILE))
+    assert image.shape[0] > 100 and image.shape[1] > 100
+    assert report.read(str(tmp_path))["measure"] == "ami"
+    assert report.describe_groups(doc)[0] == "grouped by Adjusted MI (chance-corrected)"
+    with pytest.raises(ValueError, match="measure must be one of"):
+        report.assemble([], "id", ["a"], 1, "items", "pearson")
 
 
 def test_cfm_groups_seed_plus_top_nmi():

@@ -14,6 +14,11 @@ collected in one worker. Two shortcuts keep catalog-scale costs bounded:
   ``max_values`` buckets before counting. Merging values can only lower MI
   and entropy (data-processing inequality), so the estimate is biased down
   for that feature; the artefact records which features were hashed.
+
+For the adjusted MI, every marginal is also reduced to its count of counts
+(``{(summed weight, items holding the value): number of values}``) plus the
+number of items the table is over: the expected MI under random matching
+depends on nothing else (:func:`estimator.expected_mutual_information`).
 """
 
 from __future__ import annotations
@@ -85,6 +90,72 @@ def _id_terms(item: tuple[dict[str, list[bytes]], float]) -> Iterator[tuple[Any,
             yield ("w", f), w
             yield ("wlogw", f), w * math.log(w)
             yield ("wlogn", f), w * math.log(len(values))
+            yield ("items", f), 1.0
+            yield ("idhist", f, (_rounded(w), 1.0, _rounded(w * w),
+                                 _rounded(w * math.log(w)))), 1.0
+
+
+def _rounded(c: float) -> float:
+    """A summed weight rounded so that equal sums of fractions share one key."""
+    return round(c, 9)
+
+
+def _share(w: float, values: Sequence[bytes]) -> tuple[float, float, float, float]:
+    """One item's ``(share, 1 item, share^2, share log share)`` for each of its values."""
+    u = w / len(values)
+    return u, 1.0, u * u, u * math.log(u)
+
+
+def _members(item: tuple[dict[str, list[bytes]], float]) -> Iterator[tuple[Any, Any]]:
+    """Per value, its item shares' sums: of each feature, and of each pair's sides.
+
+    Keys: ``("v", f, value)`` for a feature's own table; ``("p", f, g, side,
+    value)`` for the marginals of pair ``(f, g)`` over items where both have
+    values, with ``("pairitems", (f, g))`` counting those items.
+    """
+    row, w = item
+    if w <= 0:
+        return
+    for f, values in row.items():
+        for v in values:
+            yield ("v", f, v), _share(w, values)
+    for f, g in itertools.combinations(sorted(row), 2):
+        a, b = row[f], row[g]
+        if a and b:
+            yield ("pairitems", (f, g)), (1.0, 0.0, 0.0, 0.0)
+            for v in a:
+                yield ("p", f, g, 0, v), _share(w, a)
+            for v in b:
+                yield ("p", f, g, 1, v), _share(w, b)
+
+
+def _add(values: Iterable[tuple[float, ...]]) -> tuple[float, ...]:
+    out = (0.0, 0.0, 0.0, 0.0)
+    for v in values:
+        out = tuple(x + y for x, y in zip(out, v))
+    return out
+
+
+def _histogram_key(kv: tuple[Any, tuple[float, ...]]) -> tuple[Any, float]:
+    """A value's summed shares -> the key of its count-of-counts cell."""
+    key, sums_ = kv
+    if key[0] == "pairitems":
+        return key, sums_[0]
+    table = ("vhist", key[1]) if key[0] == "v" else (
+        ("lefthist", "righthist")[key[3]], (key[1], key[2]))
+    return (*table, tuple(_rounded(x) for x in sums_)), 1.0
+
+
+@beam.ptransform_fn
+def CountOfCounts(  # noqa: N802  pylint: disable=invalid-name
+    prepared: beam.PCollection,
+) -> beam.PCollection:
+    """Prepared items -> count-of-counts cells of every marginal, and pair item counts."""
+    return (prepared
+            | "Members" >> beam.FlatMap(_members)
+            | "SumMembers" >> beam.CombinePerKey(_add)
+            | "HistogramKey" >> beam.Map(_histogram_key)
+            | "SumHistogram" >> beam.CombinePerKey(sum))
 
 
 def _pair_cells(item: tuple[dict[str, list[bytes]], float]) -> Iterator[tuple[Any, float]]:
@@ -126,7 +197,8 @@ def CorrelationSums(  # noqa: N802  pylint: disable=invalid-name
              | "SumPairCells" >> beam.CombinePerKey(sum))
     outs = [marginal, id_terms,
             distinct | "TagDistinct" >> beam.Map(lambda kv: (("distinct", kv[0]), kv[1])),
-            hashed | "TagHashed" >> beam.Map(lambda kv: (("hashed", kv[0]), kv[1]))]
+            hashed | "TagHashed" >> beam.Map(lambda kv: (("hashed", kv[0]), kv[1])),
+            prepared | "CountOfCounts" >> CountOfCounts()]
     for label, key_fn in (("joint", lambda k: (k[0], k[1])),
                           ("left", lambda k: (k[0], k[1], k[2])),
                           ("right", lambda k: (k[0], k[1], k[3]))):

@@ -11,7 +11,7 @@ from tfx.types import channel, standard_artifacts
 from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.correlation import executor
+from components.correlation import estimator, executor
 from transforms.spec import DatasetSpec
 
 
@@ -29,6 +29,7 @@ class FeatureCorrelationSpec(types.ComponentSpec):
         executor.WEIGHTING_KEY: ExecutionParameter(type=str),
         executor.MAX_VALUES_KEY: ExecutionParameter(type=int),
         executor.N_MASKED_KEY: ExecutionParameter(type=int, optional=True),
+        executor.MEASURE_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
     OUTPUTS = {executor.CORRELATION_KEY: ChannelParameter(type=FeatureCorrelations)}
@@ -48,6 +49,9 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
       n_masked: size of each CFM masked set, seed included (default
         ``1 + ceil(m / 2)`` for ``m`` non-id features, i.e. the seed plus
         ``floor(k / 2)`` others for ``k = m + 1`` features).
+      measure: the dependence measure that ranks and groups the features:
+        ``ami`` (adjusted MI, chance-corrected; the default) or ``nmi``
+        (plug-in MI / max entropy). The artefact records both.
     """
 
     SPEC_CLASS = FeatureCorrelationSpec
@@ -55,8 +59,10 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
 
     def __init__(self, spec: DatasetSpec, examples: types.BaseChannel,
                  weighting: str = "items", max_values: int = 10_000,
-                 n_masked: Optional[int] = None) -> None:
+                 n_masked: Optional[int] = None, measure: str = "ami") -> None:
         """Builds the component."""
+        if measure not in estimator.MEASURES:
+            raise ValueError(f"measure must be one of {estimator.MEASURES}, got {measure!r}.")
         if weighting not in executor.WEIGHTINGS:
             raise ValueError(f"weighting must be one of {executor.WEIGHTINGS}, "
                              f"got {weighting!r}.")
@@ -64,6 +70,6 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
             raise ValueError(f"max_values must be >= 2, got {max_values}.")
         super().__init__(spec=FeatureCorrelationSpec(
             dataset_spec=json.dumps(spec.to_dict(), sort_keys=True),
-            weighting=weighting, max_values=max_values, n_masked=n_masked,
+            weighting=weighting, max_values=max_values, n_masked=n_masked, measure=measure,
             examples=examples,
             correlation=channel.Channel(type=FeatureCorrelations)))

@@ -21,6 +21,7 @@ DATASET_SPEC_KEY = "dataset_spec"
 WEIGHTING_KEY = "weighting"
 MAX_VALUES_KEY = "max_values"
 N_MASKED_KEY = "n_masked"
+MEASURE_KEY = "measure"
 WEIGHTINGS = ("items", "train_frequency")
 
 
@@ -105,7 +106,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         with tf.io.gfile.GFile(os.path.join(out.uri, "sums.json")) as f:
             result = [(_tuples(k), _tuples(v)) for k, v in json.loads(f.read())]
         tf.io.gfile.remove(os.path.join(out.uri, "sums.json"))
-        doc = report.assemble(result, spec.item_id, names, n_masked, weighting)
+        doc = report.assemble(result, spec.item_id, names, n_masked, weighting,
+                              exec_properties.get(MEASURE_KEY) or "ami")
         report.write(doc, out.uri)
         for line in report.describe_groups(doc):
             logging.info("CFM %s", line)
