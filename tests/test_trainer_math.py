@@ -6,6 +6,7 @@ import tensorflow as tf
 from scipy import stats
 
 from components.trainer import augment, data, hparams, losses
+from transforms import features
 
 
 def _np_softmax_ce(logits):
@@ -138,3 +139,110 @@ def test_hparams_validation_names_the_key():
         hparams.from_dict({"batch_size": 3.5})
     with pytest.raises(TypeError, match="hparams.share_towers: expected true/false"):
         hparams.from_dict({"share_towers": "yes"})
+
+
+def _masked_ce(logits, mask):
+    return _np_softmax_ce(np.where(mask, -1e9, logits))
+
+
+def test_query_item_columns_are_masked():
+    # Item-to-item with shared towers: row i's query item is row j's positive
+    # (j != i) -> logit (i, j) is masked; the diagonal (the positive) never is.
+    rng = np.random.default_rng(5)
+    q, x = rng.normal(size=(5, 3)), rng.normal(size=(5, 3))
+    query_ids = np.array([3, 1, 4, 1, 5])
+    item_ids = np.array([1, 4, 2, 6, 1])
+    loss, logits, _ = losses.batch_softmax_loss(
+        tf.constant(q), tf.constant(x), 0.1, item_ids=tf.constant(item_ids),
+        query_ids=tf.constant(query_ids))
+    raw = _cos(q, x) / 0.1
+    mask = (query_ids[:, None] == item_ids[None, :]) | (item_ids[:, None] == item_ids[None, :])
+    np.fill_diagonal(mask, False)
+    assert mask[1, 0] and mask[1, 4] and mask[3, 0] and mask[0, 4] and not mask[2, 2]
+    assert np.allclose(logits.numpy(), np.where(mask, -1e9, raw))
+    assert loss.numpy() == pytest.approx(_masked_ce(raw, mask), rel=1e-6)
+
+
+def test_ssl_loss_masks_repeated_draws_of_an_item():
+    rng = np.random.default_rng(6)
+    z, z2 = rng.normal(size=(6, 3)), rng.normal(size=(6, 3))
+    ids = np.array([10, 11, 10, 12, 13, 11])        # items 10 and 11 drawn twice
+    loss, logits, _ = losses.ssl_loss(tf.constant(z), tf.constant(z2), 0.2,
+                                      item_ids=tf.constant(ids))
+    mask = ids[:, None] == ids[None, :]
+    np.fill_diagonal(mask, False)
+    assert mask.sum() == 4
+    assert loss.numpy() == pytest.approx(_masked_ce(_cos(z, z2) / 0.2, mask), rel=1e-6)
+
+
+def test_extra_negatives_with_mixed_logq():
+    # Mixed negative sampling: M uniform catalog items join the N in-batch
+    # candidates; logQ subtracts log(B c / T + B' / N_items) from every column.
+    rng = np.random.default_rng(7)
+    q, x, extra = rng.normal(size=(4, 3)), rng.normal(size=(4, 3)), rng.normal(size=(3, 3))
+    ids, extra_ids = np.array([1, 2, 3, 1]), np.array([2, 9, 8])
+    counts, extra_counts = np.array([9.0, 3.0, 1.0, 9.0]), np.array([3.0, 0.0, 2.0])
+    t, n_items, b, b2 = 100.0, 50.0, 4, 3
+    log_q = np.log(b * counts / t + b2 / n_items)
+    extra_log_q = np.log(b * extra_counts / t + b2 / n_items)
+    loss, logits, labels = losses.batch_softmax_loss(
+        tf.constant(q), tf.constant(x), 0.3, item_ids=tf.constant(ids), log_q=tf.constant(log_q),
+        extra_items=tf.constant(extra), extra_ids=tf.constant(extra_ids),
+        extra_log_q=tf.constant(extra_log_q))
+    raw = _cos(q, np.vstack([x, extra])) / 0.3 - np.concatenate([log_q, extra_log_q])[None, :]
+    all_ids = np.concatenate([ids, extra_ids])
+    mask = ids[:, None] == all_ids[None, :]
+    mask[np.arange(4), np.arange(4)] = False
+    assert mask[0, 3] and mask[1, 4] and logits.shape == (4, 7)
+    assert np.allclose(logits.numpy(), np.where(mask, -1e9, raw))
+    assert loss.numpy() == pytest.approx(_masked_ce(raw, mask), rel=1e-6)
+    assert labels.numpy().tolist() == [0, 1, 2, 3]
+
+
+def test_variant_table_drives_the_split_sizes():
+    table = hparams.VARIANTS
+    assert set(vars(table["baseline"]).values()) == {"none", "paper", False}
+    assert table["mns"].extra_negatives and not table["mns"].ssl_loss
+    assert table["mns"].needs_catalog and not table["fd"].needs_catalog
+    # k = 4 (MovieLens-1M): the paper's seed + floor(k/2) masks 3 and keeps 1;
+    # balanced masks 2 and keeps 2. k = 5: 3 vs 2.
+    assert [table["cfm"].n_masked(k) for k in (4, 5, 12)] == [3, 3, 7]
+    assert [table["cfm_balanced"].n_masked(k) for k in (4, 5, 12)] == [2, 2, 6]
+    hp = hparams.from_dict({"variant": "cfm_balanced", "n_masked": 3})
+    assert hp.masked_count(4) == 3 and hparams.HParams().logq_correction
+
+
+def _batch(rng, n, names, vocab, prefix_keys):
+    out = {}
+    for name in names:
+        lengths = rng.integers(1, 3, n) if name == "genre" else np.ones(n, int)
+        values = rng.integers(0, vocab, lengths.sum())
+        ragged = tf.RaggedTensor.from_row_lengths(tf.constant(values, tf.int64), lengths)
+        for key_fn in prefix_keys:
+            out[key_fn(name)] = ragged
+    out[features.ITEM_TRAIN_COUNT] = tf.constant(rng.integers(0, 5, (n, 1)), tf.int64)
+    return out
+
+
+@pytest.mark.parametrize("variant", list(hparams.VARIANTS))
+def test_every_variant_trains_a_step(variant):
+    import tf_keras
+
+    from components.trainer.model import FeatureLayout, Sampling, TwoTowerSSL
+
+    names = ("item_id", "genre", "year")
+    layout = FeatureLayout(item_names=names, multivalued=("genre",), query_item_names=names,
+                           context_names=(), vocab_sizes={n: 12 for n in names}, id_name="item_id")
+    hp = hparams.from_dict({"variant": variant, "hidden_units": [8, 4], "embedding_dim": 4,
+                            "batch_size": 16, "ssl_batch_size": 8})
+    groups = {"item_id": ["item_id", "genre"], "genre": ["genre", "year"],
+              "year": ["year", "genre"]}
+    model = TwoTowerSSL(layout, hp, groups, Sampling(train_pairs=40.0, n_items=12.0))
+    model.compile(optimizer=tf_keras.optimizers.Adagrad(0.05))
+    rng = np.random.default_rng(0)
+    main = _batch(rng, 16, names, 12, (features.item_key, features.query_key))
+    ssl = _batch(rng, 8, names, 12, (features.item_key,))
+    logs = {k: float(v) for k, v in model.train_step((main, ssl)).items()}
+    assert np.isfinite(logs["loss"]) and logs["main_loss"] > 0
+    assert ("ssl_loss" in logs) == hparams.VARIANTS[variant].ssl_loss
+    assert model.shared             # item-to-item without context: one tower

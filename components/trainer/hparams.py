@@ -11,17 +11,60 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
-VARIANTS = (
-    "baseline",           # plain two-tower, L_main only
-    "fd",                 # feature dropout in the supervised item tower, no SSL
-    "so",                 # spread-out: SSL loss on un-augmented items
-    "rfm",                # random complementary feature masking + value dropout
-    "cfm",                # correlated feature masking + value dropout (the paper)
-    "independent_masks",  # two independent random masks + value dropout
-    "cfm_no_dropout",     # CFM without value dropout
-    "dropout_only",       # value dropout, no masking
-)
-SSL_VARIANTS = ("so", "rfm", "cfm", "independent_masks", "cfm_no_dropout", "dropout_only")
+MASKINGS = ("none", "cfm", "rfm", "independent")
+SPLITS = ("paper", "balanced")
+
+
+@dataclasses.dataclass(frozen=True)
+class Variant:
+    """What a variant trains: the flags the model reads.
+
+    Attributes:
+      masking: feature masking of the two SSL views: ``none``, ``cfm``
+        (correlated: one seed feature per batch, its group against the rest),
+        ``rfm`` (a random complementary split per example) or
+        ``independent`` (two independent random masks).
+      split: size of the masked set for ``k`` item features: ``paper``
+        (the seed plus ``floor(k / 2)`` others) or ``balanced`` (``k // 2``
+        features, seed counted: masked and kept sets of equal size).
+      value_dropout: drop values of multi-valued features in each view.
+      ssl_loss: add ``alpha * L_self`` over a uniform catalog batch.
+      feature_dropout: drop whole features of the supervised item tower (FD).
+      extra_negatives: add the un-augmented uniform catalog batch as extra
+        negatives of the main loss (mixed negative sampling).
+    """
+
+    masking: str = "none"
+    split: str = "paper"
+    value_dropout: bool = False
+    ssl_loss: bool = False
+    feature_dropout: bool = False
+    extra_negatives: bool = False
+
+    @property
+    def needs_catalog(self) -> bool:
+        """Whether training draws uniform catalog batches."""
+        return self.ssl_loss or self.extra_negatives
+
+    def n_masked(self, k: int) -> int:
+        """Masked-set size (seed counted) for ``k`` item features."""
+        return max(1, k // 2) if self.split == "balanced" else 1 + k // 2
+
+
+_SSL = {"ssl_loss": True}
+#: Every variant, one row each: adding a variant is adding a row.
+VARIANTS: dict[str, Variant] = {
+    "baseline": Variant(),                                     # L_main only
+    "fd": Variant(feature_dropout=True),                       # feature dropout, no SSL
+    "so": Variant(**_SSL),                                     # spread-out: SSL, no augmentation
+    "mns": Variant(extra_negatives=True),                      # uniform extra negatives, no SSL
+    "rfm": Variant(masking="rfm", value_dropout=True, **_SSL),
+    "cfm": Variant(masking="cfm", value_dropout=True, **_SSL),  # the paper
+    "cfm_balanced": Variant(masking="cfm", split="balanced", value_dropout=True, **_SSL),
+    "independent_masks": Variant(masking="independent", value_dropout=True, **_SSL),
+    "cfm_no_dropout": Variant(masking="cfm", **_SSL),
+    "dropout_only": Variant(value_dropout=True, **_SSL),
+}
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 ACTIVATIONS = ("relu", "gelu", "tanh", "swish")
 
@@ -46,9 +89,12 @@ class HParams:
         (paper grid 0.1-0.9, best 0.3).
       feature_dropout_rate: per-feature drop probability of the FD baseline.
       n_masked: features masked in view h, seed included (None: the
-        FeatureCorrelation artefact's default, 1 + floor(k/2)).
-      logq_correction: subtract log(training frequency) from in-batch logits
-        (a deviation from the paper's equation; off by default).
+        variant's split size, see :meth:`Variant.n_masked`).
+      logq_correction: subtract the log of each candidate's sampling
+        probability from its logit (in-batch items: their training
+        frequency; with extra uniform negatives: the mixture). The field's
+        standard practice for in-batch negatives and on by default, a
+        deviation from the paper's equation (see the README).
       remove_accidental_hits: mask in-batch negatives that are the positive item.
       batch_size: main-task batch (paper 1024-4096; 512 fits a laptop).
       ssl_batch_size: SSL batch of catalog items (uniform over the catalog).
@@ -71,7 +117,7 @@ class HParams:
     dropout_rate: float = 0.3
     feature_dropout_rate: float = 0.3
     n_masked: int | None = None
-    logq_correction: bool = False
+    logq_correction: bool = True
     remove_accidental_hits: bool = True
     batch_size: int = 512
     ssl_batch_size: int = 512
@@ -82,20 +128,23 @@ class HParams:
     strategy: str = "default"
 
     @property
+    def flags(self) -> Variant:
+        """The variant's row of :data:`VARIANTS`."""
+        return VARIANTS[self.variant]
+
+    @property
     def uses_ssl(self) -> bool:
         """Whether the SSL loss is part of training."""
-        return self.variant in SSL_VARIANTS
+        return self.flags.ssl_loss
 
     @property
     def tau_ssl(self) -> float:
         """The SSL temperature actually used."""
         return self.temperature if self.ssl_temperature is None else self.ssl_temperature
 
-    def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form for ``custom_config``."""
-        out = dataclasses.asdict(self)
-        out["hidden_units"] = list(self.hidden_units)
-        return out
+    def masked_count(self, k: int) -> int:
+        """Features masked in view h for ``k`` item features."""
+        return self.n_masked or self.flags.n_masked(k)
 
 
 _RANGES = {
@@ -105,7 +154,7 @@ _RANGES = {
     "learning_rate": (1e-6, 10.0), "train_steps": (1, 1 << 31), "steps_per_epoch": (1, 1 << 31),
     "seed": (0, 1 << 31),
 }
-_CHOICES = {"variant": VARIANTS, "strategy": STRATEGIES, "activation": ACTIVATIONS}
+_CHOICES = {"variant": tuple(VARIANTS), "strategy": STRATEGIES, "activation": ACTIVATIONS}
 
 
 def _checked(key: str, value: Any, default: Any) -> Any:

@@ -19,46 +19,71 @@ def cosine_logits(a: tf.Tensor, b: tf.Tensor, temperature: float) -> tf.Tensor:
     return tf.matmul(a, b, transpose_b=True) / temperature
 
 
+def _mask_same(logits: tf.Tensor, row_ids: tf.Tensor, column_ids: tf.Tensor) -> tf.Tensor:
+    """Masks (i, j), ``j != i``, where ``row_ids[i] == column_ids[j]``: [N, M] -> [N, M]."""
+    same = tf.equal(row_ids[:, tf.newaxis], column_ids[tf.newaxis, :])
+    n, m = tf.shape(logits)[0], tf.shape(logits)[1]
+    off_diagonal = tf.logical_not(tf.eye(n, m, dtype=tf.bool))
+    return tf.where(tf.logical_and(same, off_diagonal), tf.cast(_MASKED, logits.dtype), logits)
+
+
 def batch_softmax_loss(
     query: tf.Tensor,
     item: tf.Tensor,
     temperature: float,
     item_ids: Optional[tf.Tensor] = None,
     log_q: Optional[tf.Tensor] = None,
+    query_ids: Optional[tf.Tensor] = None,
+    extra_items: Optional[tf.Tensor] = None,
+    extra_ids: Optional[tf.Tensor] = None,
+    extra_log_q: Optional[tf.Tensor] = None,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """The main loss: in-batch softmax over N (query, positive item) pairs.
+    """The main loss: softmax over the in-batch positives (and extra negatives).
 
-    ``L = -1/N sum_i log softmax_j(s(q_i, x_j) / tau)[i]`` with cosine ``s``.
+    ``L = -1/N sum_i log softmax_j(s(q_i, x_j) / tau - log Q_j)[i]`` with cosine
+    ``s`` over the ``N + M`` candidates ``x = [item; extra_items]``.
 
     Args:
       query: [N, D] query-tower embeddings.
       item: [N, D] item-tower embeddings of the positives; row j is the
         negative of every other row.
       temperature: tau.
-      item_ids: [N] ids of the positives; if given, negatives ``j != i`` with
-        ``item_ids[j] == item_ids[i]`` (accidental hits) are masked out.
+      item_ids: [N] ids of the positives; if given, candidates ``j != i`` with
+        the id of row i's positive (accidental hits) are masked out.
       log_q: [N] log sampling probability of each positive item; if given,
         subtracted from column j's logits (logQ correction).
+      query_ids: [N] item ids of the queries (item-to-item); if given,
+        candidates ``j != i`` that are row i's query item are masked out (with
+        shared towers their cosine with the query is 1 by construction).
+      extra_items: [M, D] extra negatives (e.g. a uniform catalog batch).
+      extra_ids: [M] their ids (for the two masks above).
+      extra_log_q: [M] their log sampling probabilities (with ``log_q``).
 
     Returns:
-      ``(loss, logits, labels)``: scalar mean loss, [N, N] logits after
+      ``(loss, logits, labels)``: scalar mean loss, [N, N + M] logits after
       masking/correction, [N] labels (the diagonal).
     """
-    logits = cosine_logits(query, item, temperature)
-    if log_q is not None:
-        logits = logits - tf.cast(log_q, logits.dtype)[tf.newaxis, :]
-    n = tf.shape(logits)[0]
-    labels = tf.range(n)
-    if item_ids is not None:
-        same = tf.equal(item_ids[:, tf.newaxis], item_ids[tf.newaxis, :])
-        hits = tf.logical_and(same, tf.logical_not(tf.eye(n, dtype=tf.bool)))
-        logits = tf.where(hits, tf.cast(_MASKED, logits.dtype), logits)
+    candidates, candidate_ids, candidate_log_q = item, item_ids, log_q
+    if extra_items is not None:
+        candidates = tf.concat([item, extra_items], axis=0)
+        if item_ids is not None and extra_ids is not None:
+            candidate_ids = tf.concat([item_ids, tf.cast(extra_ids, item_ids.dtype)], axis=0)
+        if log_q is not None and extra_log_q is not None:
+            candidate_log_q = tf.concat([log_q, tf.cast(extra_log_q, log_q.dtype)], axis=0)
+    logits = cosine_logits(query, candidates, temperature)
+    if candidate_log_q is not None:
+        logits = logits - tf.cast(candidate_log_q, logits.dtype)[tf.newaxis, :]
+    labels = tf.range(tf.shape(logits)[0])
+    if item_ids is not None and candidate_ids is not None:
+        logits = _mask_same(logits, item_ids, candidate_ids)
+    if query_ids is not None and candidate_ids is not None:
+        logits = _mask_same(logits, tf.cast(query_ids, candidate_ids.dtype), candidate_ids)
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return tf.reduce_mean(loss), logits, labels
 
 
-def ssl_loss(z: tf.Tensor, z_prime: tf.Tensor, temperature: float
-             ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+def ssl_loss(z: tf.Tensor, z_prime: tf.Tensor, temperature: float,
+             item_ids: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The self-supervised loss between two views of N items (one direction).
 
     ``L = -1/N sum_i log( exp(s(z_i, z'_i)/tau) / sum_j exp(s(z_i, z'_j)/tau) )``:
@@ -69,11 +94,16 @@ def ssl_loss(z: tf.Tensor, z_prime: tf.Tensor, temperature: float
       z: [N, D] item-tower outputs of view h.
       z_prime: [N, D] item-tower outputs of view g.
       temperature: tau.
+      item_ids: [N] ids of the items; if given, a second view ``j != i`` of
+        the same item (a repeated uniform draw) is masked out: it is not a
+        negative.
 
     Returns:
       ``(loss, logits, labels)`` with logits [N, N] and labels [N].
     """
     logits = cosine_logits(z, z_prime, temperature)
+    if item_ids is not None:
+        logits = _mask_same(logits, item_ids, item_ids)
     labels = tf.range(tf.shape(logits)[0])
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return tf.reduce_mean(loss), logits, labels

@@ -2,8 +2,11 @@
 
 A training batch is ``(main, ssl)``: ``main`` holds N (query, positive)
 rows from the logs (``query_*``, ``context_*`` and ``item_*`` id features);
-``ssl`` holds N catalog items drawn uniformly (``item_*`` features). Keys
-are the transformed feature keys of :mod:`transforms.features`.
+``ssl`` holds catalog items drawn uniformly (``item_*`` features and
+``item_train_count``); it feeds the SSL loss and, for mixed negative
+sampling, extra negatives. Keys are the transformed feature keys of
+:mod:`transforms.features`. What a variant does is read from its row of
+:data:`components.trainer.hparams.VARIANTS`.
 """
 
 from __future__ import annotations
@@ -61,20 +64,43 @@ def query_inputs(batch: Mapping[str, tf.RaggedTensor], layout: FeatureLayout
     return out
 
 
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """Counts behind the logQ correction of mixed negative sampling.
+
+    Attributes:
+      train_pairs: ``T``, training pairs (the sum of the items' training counts).
+      n_items: ``N``, catalog items (the uniform batch's support).
+    """
+
+    train_pairs: float
+    n_items: float
+
+
+def _first_id(ids: tf.RaggedTensor) -> tf.Tensor:
+    """[N] the first id of each row (-1 when empty)."""
+    return ids.to_tensor(default_value=-1)[:, 0]
+
+
 class TwoTowerSSL(tf_keras.Model):
     """Query and item towers; ``train_step`` computes L_main + alpha * L_self."""
 
     def __init__(self, layout: FeatureLayout, hparams: HParams,
-                 cfm_groups: Optional[Mapping[str, Sequence[str]]] = None, **kwargs) -> None:
+                 cfm_groups: Optional[Mapping[str, Sequence[str]]] = None,
+                 sampling: Optional[Sampling] = None, **kwargs) -> None:
         super().__init__(**kwargs)
+        flags = hparams.flags
         share = layout.can_share_towers if hparams.share_towers is None else hparams.share_towers
         if share and not layout.can_share_towers:
             raise ValueError("hparams.share_towers=true needs the query to be an item with the "
                              "same features and no context features; set share_towers: false.")
-        if hparams.variant.startswith("cfm") and not cfm_groups:
+        if flags.masking == "cfm" and not cfm_groups:
             raise ValueError(f"variant {hparams.variant!r} needs the FeatureCorrelation "
                              "artefact's CFM groups; wire its output to the Trainer.")
-        self.layout, self.hparams = layout, hparams
+        if flags.extra_negatives and hparams.logq_correction and sampling is None:
+            raise ValueError(f"variant {hparams.variant!r} with logq_correction needs the "
+                             "training-pair and catalog counts (Sampling).")
+        self.layout, self.hparams, self.flags, self.sampling = layout, hparams, flags, sampling
         dim = hparams.embedding_dim
         names = list(layout.item_names) + [features.context_key(n) for n in layout.context_names]
         sizes = dict(layout.vocab_sizes)
@@ -91,8 +117,9 @@ class TwoTowerSSL(tf_keras.Model):
                 features.context_key(n) for n in layout.context_names]
             self.query_tower = Tower(query_names, self.feature_embeddings, hparams.hidden_units,
                                      hparams.activation, name="query_tower")
+        self.shared = share
         self.cfm = (augment.cfm_table(cfm_groups, layout.item_names)
-                    if hparams.variant.startswith("cfm") else None)
+                    if flags.masking == "cfm" else None)
         names = ["loss", "main_loss", "main_accuracy"]
         if hparams.uses_ssl:
             names += ["ssl_loss", "ssl_accuracy"]
@@ -118,54 +145,74 @@ class TwoTowerSSL(tf_keras.Model):
 
     def _ssl_views(self, items: dict[str, tf.RaggedTensor], step: tf.Tensor
                    ) -> tuple[tf.Tensor, tf.Tensor]:
-        hp, layout = self.hparams, self.layout
+        hp, layout, flags = self.hparams, self.layout, self.flags
         n = tf.shape(items[layout.id_name].row_lengths())[0]
         k = len(layout.item_names)
-        n_masked = hp.n_masked or 1 + k // 2
+        n_masked = hp.masked_count(k)
         seed_h, seed_g = augment.step_seed(hp.seed, step, 1), augment.step_seed(hp.seed, step, 2)
         mask_h = mask_g = None
-        if hp.variant.startswith("cfm"):
+        if flags.masking == "cfm":
             mask_h, mask_g, _ = augment.cfm_masks(self.cfm, n, augment.step_seed(hp.seed, step, 3))
-        elif hp.variant == "rfm":
+        elif flags.masking == "rfm":
             mask_h, mask_g = augment.rfm_masks(n, k, n_masked, seed_h)
-        elif hp.variant == "independent_masks":
+        elif flags.masking == "independent":
             mask_h, mask_g = augment.independent_masks(n, k, n_masked, seed_h, seed_g)
         view_h, view_g = items, items
-        if hp.variant in ("rfm", "cfm", "independent_masks", "dropout_only"):
+        if flags.value_dropout:
             view_h = augment.drop_values(items, layout.multivalued, hp.dropout_rate, seed_h)
             view_g = augment.drop_values(items, layout.multivalued, hp.dropout_rate, seed_g)
         return self.item_tower(view_h, mask_h), self.item_tower(view_g, mask_g)
 
-    def _main_loss(self, main: Mapping[str, tf.RaggedTensor], step: tf.Tensor
-                   ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+    def _log_q(self, counts: tf.Tensor) -> tf.Tensor:
+        """Log sampling probability of candidates with these training counts.
+
+        In-batch positives are drawn by training frequency: ``log c`` (up to a
+        constant). With extra uniform negatives an item can enter the softmax
+        either way, so ``log(B c / T + B' / N)`` (``T`` training pairs, ``N``
+        catalog items).
+        """
+        counts = tf.cast(tf.reshape(counts, [-1]), tf.float32)
+        if not self.flags.extra_negatives:
+            return tf.math.log(tf.maximum(counts, 1.0))
+        hp, sampling = self.hparams, self.sampling
+        return tf.math.log(hp.batch_size * counts / sampling.train_pairs
+                           + hp.ssl_batch_size / sampling.n_items)
+
+    def _main_loss(self, main: Mapping[str, tf.RaggedTensor], ssl: Mapping[str, tf.RaggedTensor],
+                   step: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
         hp, layout = self.hparams, self.layout
         mask = None
-        if hp.variant == "fd":
+        if self.flags.feature_dropout:
             n = tf.shape(main[features.item_key(layout.id_name)].row_lengths())[0]
             mask = augment.bernoulli_masks(n, len(layout.item_names), hp.feature_dropout_rate,
                                            augment.step_seed(hp.seed, step, 4))
         query = self.query_embedding(main)
         item = self.item_embedding(main, mask)
-        ids = main[features.item_key(layout.id_name)].to_tensor(default_value=-1)[:, 0]
-        log_q = None
-        if hp.logq_correction:
-            counts = tf.reshape(main[features.ITEM_TRAIN_COUNT], [-1])
-            log_q = tf.math.log(tf.maximum(tf.cast(counts, tf.float32), 1.0))
+        ids = _first_id(main[features.item_key(layout.id_name)])
+        query_ids = _first_id(main[features.query_key(layout.id_name)]) if self.shared else None
+        log_q = self._log_q(main[features.ITEM_TRAIN_COUNT]) if hp.logq_correction else None
+        extra = {}
+        if self.flags.extra_negatives:
+            extra["extra_items"] = self.item_embedding(ssl)
+            extra["extra_ids"] = _first_id(ssl[features.item_key(layout.id_name)])
+            if hp.logq_correction:
+                extra["extra_log_q"] = self._log_q(ssl[features.ITEM_TRAIN_COUNT])
         return losses.batch_softmax_loss(
-            query, item, hp.temperature,
-            item_ids=ids if hp.remove_accidental_hits else None, log_q=log_q)
+            query, item, hp.temperature, item_ids=ids if hp.remove_accidental_hits else None,
+            log_q=log_q, query_ids=query_ids, **extra)
 
     def train_step(self, data: tuple[dict, dict]) -> dict[str, tf.Tensor]:
         """One step of L = L_main + alpha * L_self."""
         main, ssl = data
         step = self.optimizer.iterations
         with tf.GradientTape() as tape:
-            main_loss, logits, labels = self._main_loss(main, step)
+            main_loss, logits, labels = self._main_loss(main, ssl, step)
             total = main_loss
-            if self.hparams.uses_ssl:
+            if self.flags.ssl_loss:
                 z, z_prime = self._ssl_views(item_inputs(ssl, self.layout), step)
-                ssl_loss, ssl_logits, ssl_labels = losses.ssl_loss(z, z_prime,
-                                                                   self.hparams.tau_ssl)
+                ssl_ids = _first_id(ssl[features.item_key(self.layout.id_name)])
+                ssl_loss, ssl_logits, ssl_labels = losses.ssl_loss(
+                    z, z_prime, self.hparams.tau_ssl, item_ids=ssl_ids)
                 total = main_loss + self.hparams.alpha * ssl_loss
                 self.trackers["ssl_loss"].update_state(ssl_loss)
                 self.trackers["ssl_accuracy"].update_state(

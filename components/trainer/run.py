@@ -13,7 +13,7 @@ import tf_keras
 from components.correlation import report as correlation_report
 from components.trainer import data, export
 from components.trainer import hparams as hparams_lib
-from components.trainer.model import FeatureLayout, TwoTowerSSL
+from components.trainer.model import FeatureLayout, Sampling, TwoTowerSSL
 from transforms import features
 from transforms.spec import DatasetSpec, spec_from_dict
 
@@ -36,14 +36,17 @@ def feature_layout(spec: DatasetSpec, tf_transform_output: tft.TFTransformOutput
         vocab_sizes=sizes, id_name=spec.item_id)
 
 
-def cfm_groups(doc: Optional[Mapping[str, Any]], n_masked: Optional[int]
+def cfm_groups(doc: Optional[Mapping[str, Any]], hp: hparams_lib.HParams
                ) -> Optional[dict[str, list[str]]]:
-    """CFM groups of the correlation artefact, re-cut to ``n_masked`` if given."""
+    """CFM groups: each seed plus the next features of the artefact's ranking.
+
+    The ranking is by the artefact's grouping measure; the group size is the
+    variant's split size (or ``hp.n_masked``).
+    """
     if doc is None:
         return None
-    if n_masked is None:
-        return {k: list(v) for k, v in doc["groups"].items()}
     k = len(doc["features"])
+    n_masked = hp.masked_count(k)
     if not 1 <= n_masked < k:
         raise ValueError(f"hparams.n_masked must be in [1, {k - 1}] for {k} item features, "
                          f"got {n_masked}.")
@@ -75,10 +78,11 @@ class LearningRateLogger(tf_keras.callbacks.Callback):
 
 def build_model(spec: DatasetSpec, hp: hparams_lib.HParams,
                 tf_transform_output: tft.TFTransformOutput,
-                correlation: Optional[Mapping[str, Any]]) -> TwoTowerSSL:
+                correlation: Optional[Mapping[str, Any]],
+                sampling: Optional[Sampling] = None) -> TwoTowerSSL:
     """The compiled model (Adagrad, as in the paper)."""
-    groups = cfm_groups(correlation, hp.n_masked) if hp.variant.startswith("cfm") else None
-    model = TwoTowerSSL(feature_layout(spec, tf_transform_output), hp, groups)
+    groups = cfm_groups(correlation, hp) if hp.flags.masking == "cfm" else None
+    model = TwoTowerSSL(feature_layout(spec, tf_transform_output), hp, groups, sampling)
     model.compile(optimizer=tf_keras.optimizers.Adagrad(learning_rate=hp.learning_rate))
     return model
 
@@ -96,13 +100,16 @@ def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_
     tf_transform_output = tft.TFTransformOutput(transform_dir)
     feature_spec = tf_transform_output.transformed_feature_spec()
     main = data.main_stream(train_dir, feature_spec, hp.batch_size, hp.seed)
-    ssl = None
-    if hp.uses_ssl:
-        item_keys = [features.item_key(f.name) for f in spec.item_features]
-        catalog = data.load_catalog(catalog_dir, feature_spec, item_keys)
+    ssl, sampling = None, None
+    if hp.flags.needs_catalog:
+        keys = [features.item_key(f.name) for f in spec.item_features]
+        catalog = data.load_catalog(catalog_dir, feature_spec, [*keys, features.ITEM_TRAIN_COUNT])
+        counts = catalog[features.ITEM_TRAIN_COUNT]      # dense [N, 1]
+        sampling = Sampling(train_pairs=float(tf.reduce_sum(counts)),
+                            n_items=float(counts.shape[0]))
         ssl = data.ssl_stream(catalog, hp.ssl_batch_size, hp.seed)
     with make_strategy(hp.strategy).scope():
-        model = build_model(spec, hp, tf_transform_output, correlation)
+        model = build_model(spec, hp, tf_transform_output, correlation, sampling)
     epochs = max(1, hp.train_steps // hp.steps_per_epoch)
     history = model.fit(
         data.training_stream(main, ssl), epochs=epochs, steps_per_epoch=hp.steps_per_epoch,
