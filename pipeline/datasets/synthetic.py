@@ -152,7 +152,8 @@ def logs(config: SyntheticConfig, items: pd.DataFrame, rng: np.random.Generator)
     })
 
 
-def _write_shards(frame: pd.DataFrame, folder: str, stem: str, shard_rows: int) -> None:
+def write_shards(frame: pd.DataFrame, folder: str, stem: str, shard_rows: int) -> None:
+    """Writes ``frame`` as ``<stem>.csv`` (or numbered shards of ``shard_rows`` rows)."""
     os.makedirs(folder, exist_ok=True)
     n_shards = max(1, -(-len(frame) // shard_rows))
     for k in range(n_shards):
@@ -170,10 +171,10 @@ def generate(config: SyntheticConfig, out_dir: str) -> str:
     rng = np.random.default_rng(config.seed)
     items = catalog(config, rng)
     pairs = logs(config, items, rng)
-    _write_shards(items, os.path.join(out_dir, "catalog"), "items", config.shard_rows)
+    write_shards(items, os.path.join(out_dir, "catalog"), "items", config.shard_rows)
     bounds = np.linspace(0, len(pairs), config.spans + 1).astype(int)
     for span in range(config.spans):
-        _write_shards(pairs.iloc[bounds[span]:bounds[span + 1]],
+        write_shards(pairs.iloc[bounds[span]:bounds[span + 1]],
                       os.path.join(out_dir, "logs", f"span-{span + 1}"), "pairs",
                       config.shard_rows)
     spec_path = os.path.join(out_dir, "dataset.yaml")
