@@ -21,13 +21,35 @@ import yaml
 
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
-from transforms.spec import load_spec
+from transforms.spec import DatasetSpec, load_spec
 
 DOTTED_PATH_PROPERTIES = ("run_fn", "preprocessing_fn", "trainer_fn", "module_path")
 
 
 class NotImportableError(ImportError):
     """A component's code cannot be imported by its module path."""
+
+
+def local_data_paths(spec: DatasetSpec) -> list[str]:
+    """The spec's data and schema paths that are folders of this machine, not URLs."""
+    paths = [spec.catalog.base, spec.logs.base, spec.logs_schema, spec.catalog_schema]
+    return [p for p in paths if p and "://" not in p]
+
+
+def check_data_paths(spec: DatasetSpec, pipeline_root: str, mounted: bool) -> None:
+    """Refuses a remote pipeline root with local data paths, unless they are mounted.
+
+    Raises:
+      ValueError: naming the local paths and the two fixes.
+    """
+    local = local_data_paths(spec)
+    if "://" not in pipeline_root or not local or mounted:
+        return
+    raise ValueError(
+        f"the pipeline root {pipeline_root!r} is remote but the dataset spec reads local "
+        f"path(s) {local}: the job would not find them on the cluster. Copy the data to "
+        "the cluster's storage (e.g. gsutil -m cp -r) and point the spec's paths there, or "
+        "pass --data-mounted if the image mounts them at these same paths.")
 
 
 def _import(path: str) -> Any:
@@ -99,6 +121,8 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--strategy", default=None,
                         choices=("default", "mirrored", "multi_worker_mirrored"))
     parser.add_argument("--variants", default="cfm")
+    parser.add_argument("--data-mounted", action="store_true",
+                        help="the spec's local data paths exist inside the image / pods")
     return parser
 
 
@@ -116,6 +140,7 @@ def main(argv: Sequence[str]) -> int:
         if args.strategy:
             hparams["strategy"] = args.strategy
         spec = load_spec(args.dataset)
+        check_data_paths(spec, args.pipeline_root, args.data_mounted)
         config = PipelineConfig(
             spec=spec, run_root=args.pipeline_root,
             beam_pipeline_args=presets.beam_args(args.beam_preset, args.beam_arg, **values),

@@ -103,3 +103,19 @@ def test_presets_fill_fields_and_name_missing_ones():
         presets.beam_args("dataflow", region="r", image="i", pipeline_root="gs://b")
     with pytest.raises(ValueError, match="beam preset must be one of"):
         presets.beam_args("mapreduce")
+
+
+def test_remote_root_with_local_data_paths_is_refused(tmp_path, capsys):
+    spec_path = tmp_path / "dataset.yaml"
+    local = dict(SPEC, catalog=dict(SPEC["catalog"], path=str(tmp_path / "catalog")))
+    spec_path.write_text(json.dumps(local))
+    args = ["--dataset", str(spec_path), "--image", IMAGE, "--pipeline-root", ROOT,
+            "--output", str(tmp_path / "job.json")]
+    assert kfp_compile.main(args) == 2
+    err = capsys.readouterr().err
+    assert f"local path(s) ['{tmp_path / 'catalog'}']" in err and "--data-mounted" in err
+    assert not (tmp_path / "job.json").exists()
+    spec = parse_spec(local, "/")
+    kfp_compile.check_data_paths(spec, ROOT, mounted=True)            # mounted: accepted
+    kfp_compile.check_data_paths(spec, str(tmp_path / "root"), mounted=False)   # local root
+    assert kfp_compile.local_data_paths(parse_spec(SPEC, "/")) == []

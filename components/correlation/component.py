@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from typing import Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
@@ -28,7 +27,6 @@ class FeatureCorrelationSpec(types.ComponentSpec):
         executor.DATASET_SPEC_KEY: ExecutionParameter(type=str),
         executor.WEIGHTING_KEY: ExecutionParameter(type=str),
         executor.MAX_VALUES_KEY: ExecutionParameter(type=int),
-        executor.N_MASKED_KEY: ExecutionParameter(type=int, optional=True),
         executor.MEASURE_KEY: ExecutionParameter(type=str, optional=True),
     }
     INPUTS = {executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
@@ -46,9 +44,6 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
         their training count; cold items drop out).
       max_values: features with more distinct values are hashed into this
         many buckets (bias: MI is underestimated for them).
-      n_masked: size of each CFM masked set, seed included (default
-        ``1 + ceil(m / 2)`` for ``m`` non-id features, i.e. the seed plus
-        ``floor(k / 2)`` others for ``k = m + 1`` features).
       measure: the dependence measure that ranks and groups the features:
         ``ami`` (adjusted MI, chance-corrected; the default) or ``nmi``
         (plug-in MI / max entropy). The artefact records both.
@@ -59,7 +54,7 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
 
     def __init__(self, spec: DatasetSpec, examples: types.BaseChannel,
                  weighting: str = "items", max_values: int = 10_000,
-                 n_masked: Optional[int] = None, measure: str = "ami") -> None:
+                 measure: str = "ami") -> None:
         """Builds the component."""
         if measure not in estimator.MEASURES:
             raise ValueError(f"measure must be one of {estimator.MEASURES}, got {measure!r}.")
@@ -70,6 +65,6 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
             raise ValueError(f"max_values must be >= 2, got {max_values}.")
         super().__init__(spec=FeatureCorrelationSpec(
             dataset_spec=json.dumps(spec.to_dict(), sort_keys=True),
-            weighting=weighting, max_values=max_values, n_masked=n_masked, measure=measure,
+            weighting=weighting, max_values=max_values, measure=measure,
             examples=examples,
             correlation=channel.Channel(type=FeatureCorrelations)))

@@ -226,6 +226,14 @@ def exact_mi(items: Sequence[Mapping[str, Sequence[bytes]]], f: str, g: str,
     return mutual_information(sums(joint.values()), lsum, rsum), lsum.entropy(), rsum.entropy()
 
 
+def paper_group_size(k: int) -> int:
+    """The paper's CFM masked-set size for ``k`` features: the seed plus ``floor(k / 2)``.
+
+    Capped at ``k - 1`` so that the kept view is never empty.
+    """
+    return max(1, min(1 + k // 2, k - 1))
+
+
 def cfm_groups(names: Sequence[str], dependence: Sequence[Sequence[float]], n_masked: int
                ) -> dict[str, list[str]]:
     """For each seed feature: the seed plus the ``n_masked - 1`` most dependent others.

@@ -8,10 +8,11 @@ import os
 from typing import Any
 
 import apache_beam as beam
+import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
-from components.correlation import beam_mi, report
+from components.correlation import beam_mi, estimator, report
 from transforms import features
 from transforms.spec import spec_from_dict
 
@@ -20,7 +21,6 @@ CORRELATION_KEY = "correlation"
 DATASET_SPEC_KEY = "dataset_spec"
 WEIGHTING_KEY = "weighting"
 MAX_VALUES_KEY = "max_values"
-N_MASKED_KEY = "n_masked"
 MEASURE_KEY = "measure"
 WEIGHTINGS = ("items", "train_frequency")
 
@@ -39,8 +39,6 @@ def catalog_item(row: dict[str, list[Any]], names: list[str], weighting: str
 
 
 def _parse(serialized: bytes) -> dict[str, list[Any]]:
-    import tensorflow as tf
-
     example = tf.train.Example.FromString(serialized)
     out: dict[str, list[Any]] = {}
     for key, feature in example.features.feature.items():
@@ -51,8 +49,6 @@ def _parse(serialized: bytes) -> dict[str, list[Any]]:
 
 def check_features_present(uri: str, names: list[str]) -> None:
     """Raises MissingFeatureError if a feature key is absent from the first catalog rows."""
-    import tensorflow as tf
-
     files = tf.io.gfile.glob(os.path.join(uri, "*"))
     seen: set[str] = set()
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(100):
@@ -83,13 +79,11 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
         max_values = int(exec_properties.get(MAX_VALUES_KEY) or 10_000)
         names = [f.name for f in spec.item_features if f.name != spec.item_id]
-        n_masked = int(exec_properties.get(N_MASKED_KEY) or
-                       min(1 + (len(names) + 1) // 2, len(names)))
+        n_masked = estimator.paper_group_size(len(names) + 1)
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
         catalog_uri = artifact_utils.get_split_uri([examples], features.CATALOG_SPLIT)
         check_features_present(catalog_uri, [spec.item_id, *names])
         out = artifact_utils.get_single_instance(output_dict[CORRELATION_KEY])
-        result: list[Any] = []
         with self._make_beam_pipeline() as pipeline:
             stats = (pipeline
                      | "Read" >> beam.io.ReadFromTFRecord(os.path.join(catalog_uri, "*"))
@@ -101,8 +95,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                      [[list(k), v] for k, v in s], default=list))
                  | "WriteSums" >> beam.io.WriteToText(
                      os.path.join(out.uri, "sums.json"), shard_name_template=""))
-        import tensorflow as tf
-
         with tf.io.gfile.GFile(os.path.join(out.uri, "sums.json")) as f:
             result = [(_tuples(k), _tuples(v)) for k, v in json.loads(f.read())]
         tf.io.gfile.remove(os.path.join(out.uri, "sums.json"))

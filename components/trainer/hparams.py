@@ -11,6 +11,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Any, Mapping
 
+from components.correlation import estimator
+
 MASKINGS = ("none", "cfm", "rfm", "independent")
 SPLITS = ("paper", "balanced")
 
@@ -48,7 +50,9 @@ class Variant:
 
     def n_masked(self, k: int) -> int:
         """Masked-set size (seed counted) for ``k`` item features."""
-        return max(1, k // 2) if self.split == "balanced" else 1 + k // 2
+        if self.split == "balanced":
+            return max(1, k // 2)
+        return estimator.paper_group_size(k)
 
 
 _SSL = {"ssl_loss": True}

@@ -103,9 +103,7 @@ class TwoTowerSSL(tf_keras.Model):
         self.layout, self.hparams, self.flags, self.sampling = layout, hparams, flags, sampling
         dim = hparams.embedding_dim
         names = list(layout.item_names) + [features.context_key(n) for n in layout.context_names]
-        sizes = dict(layout.vocab_sizes)
-        sizes.update({features.context_key(n): layout.vocab_sizes[features.context_key(n)]
-                      for n in layout.context_names})
+        sizes = layout.vocab_sizes        # item features by name, context by context key
         self.feature_embeddings = {n: FeatureEmbedding(sizes[n], dim, name=f"embedding_{n}")
                                    for n in names}
         self.item_tower = Tower(layout.item_names, self.feature_embeddings,
