@@ -19,6 +19,7 @@ from typing import Any, Optional, Sequence
 
 import yaml
 
+from components.trainer import hparams as hparams_lib
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 from transforms.spec import DatasetSpec, load_spec
@@ -136,9 +137,10 @@ def main(argv: Sequence[str]) -> int:
             "project": args.project, "region": args.region, "job_endpoint": args.job_endpoint,
             "parallelism": args.parallelism, "image": args.image,
             "pipeline_root": args.pipeline_root.rstrip("/")}.items() if v is not None}
-        hparams = json.loads(args.hparams)
+        values_hp = json.loads(args.hparams)
         if args.strategy:
-            hparams["strategy"] = args.strategy
+            values_hp["strategy"] = args.strategy
+        hparams = hparams_lib.from_dict(values_hp)
         spec = load_spec(args.dataset)
         check_data_paths(spec, args.pipeline_root, args.data_mounted)
         config = PipelineConfig(
@@ -151,7 +153,7 @@ def main(argv: Sequence[str]) -> int:
                   f"joins the newest log span only (the spec asks for {spec.train_spans}).",
                   file=sys.stderr)
         compile_pipeline(config, args.image, args.output, args.ir_yaml)
-    except (ValueError, NotImportableError) as e:
+    except (TypeError, ValueError, NotImportableError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.output}" + (f" and {args.ir_yaml}" if args.ir_yaml else ""))

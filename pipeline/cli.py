@@ -11,6 +11,7 @@ import yaml
 
 from components.evaluate.config import EvalSettings
 from components.ingest.rows import InputError
+from components.trainer import hparams as hparams_lib
 from pipeline.config import PipelineConfig
 from transforms.spec import SpecError, load_spec
 
@@ -59,10 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _hparams(value: Optional[str]) -> dict:
-    """Parses ``--hparams``: inline JSON or a JSON/YAML file."""
+def _hparams(value: Optional[str]) -> hparams_lib.HParams:
+    """Parses and validates ``--hparams``: inline JSON or a JSON/YAML file."""
     if not value:
-        return {}
+        return hparams_lib.HParams()
     text = value
     if os.path.isfile(value):
         with open(value, encoding="utf-8") as f:
@@ -73,7 +74,10 @@ def _hparams(value: Optional[str]) -> dict:
         raise SpecError(f"--hparams: not JSON/YAML: {e}") from e
     if not isinstance(parsed, dict):
         raise SpecError(f"--hparams: expected a mapping of hyper-parameters, got {value!r}.")
-    return parsed
+    try:
+        return hparams_lib.from_dict(parsed)
+    except (TypeError, ValueError) as e:
+        raise SpecError(f"--hparams: {e}") from e
 
 
 def _config(**kwargs: object) -> PipelineConfig:

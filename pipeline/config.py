@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-from typing import Any, Mapping, Optional
+from typing import Optional
 
 from components.correlation import estimator as correlation_estimator
 from components.evaluate.config import EvalSettings
@@ -37,8 +37,9 @@ class PipelineConfig:
         into this many buckets for the MI statistics.
       correlation_measure: the dependence measure that forms the CFM groups:
         ``ami`` (adjusted MI, chance-corrected) or ``nmi`` (plug-in NMI).
-      hparams: Trainer hyper-parameters (see ``components.trainer.hparams``);
-        validated here, once.
+      hparams: Trainer hyper-parameters, validated once where they enter
+        (``components.trainer.hparams.from_dict`` in the CLI / compiler); each
+        Trainer gets them with its variant.
       train_variants: one Trainer per variant; the first is ``Trainer``, the
         others ``Trainer_<variant>`` (baselines and ablations side by side);
         empty: the data half only.
@@ -60,7 +61,7 @@ class PipelineConfig:
     correlation_weighting: str = "items"
     correlation_max_values: int = 10_000
     correlation_measure: str = "ami"
-    hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
+    hparams: hparams.HParams = dataclasses.field(default_factory=hparams.HParams)
     train_variants: tuple[str, ...] = ("cfm",)
     span_window: bool = True
     index_config: IndexConfig = dataclasses.field(default_factory=IndexConfig)
@@ -79,7 +80,9 @@ class PipelineConfig:
         if self.correlation_measure not in correlation_estimator.MEASURES:
             raise ValueError(f"correlation_measure must be one of "
                              f"{correlation_estimator.MEASURES}, got {self.correlation_measure!r}.")
-        hparams.from_dict(self.hparams)
+        if not isinstance(self.hparams, hparams.HParams):
+            raise TypeError("hparams: expected components.trainer.hparams.HParams (build it "
+                            f"with hparams.from_dict), got {type(self.hparams).__name__}.")
         for variant in self.train_variants:
             if variant not in hparams.VARIANTS:
                 raise ValueError(f"train_variants: {variant!r} is not one of {hparams.VARIANTS}.")
@@ -92,10 +95,9 @@ class PipelineConfig:
             raise ValueError(f"correlation_max_values must be >= 2, got "
                              f"{self.correlation_max_values}.")
 
-    def trainer_config(self, variant: str) -> dict[str, Any]:
-        """The Trainer's ``custom_config`` for ``variant``."""
-        return {"hparams": {**self.hparams, "variant": variant},
-                "dataset_spec": self.spec.to_dict()}
+    def trainer_hparams(self, variant: str) -> hparams.HParams:
+        """The hyper-parameters of the Trainer of ``variant``."""
+        return dataclasses.replace(self.hparams, variant=variant)
 
     @property
     def is_remote(self) -> bool:

@@ -18,7 +18,6 @@ from components.index.component import IndexBuilder
 from components.ingest import rows
 from components.ingest.component import ContractExampleGen
 from components.join.component import JoinExamples
-from components.trainer import hparams
 from components.trainer.component import SslTrainer
 from pipeline.config import PipelineConfig
 from transforms import features, preprocessing
@@ -82,7 +81,7 @@ def data_components(config: PipelineConfig) -> list[Any]:
         preprocessing_fn=PREPROCESSING_FN,
         splits_config=transform_pb2.SplitsConfig(
             analyze=analyze, transform=list(features.JOINED_SPLITS)),
-        custom_config={preprocessing.SPEC_KEY: spec.to_dict()})
+        custom_config=preprocessing.custom_config(spec))
     correlation = FeatureCorrelation(
         spec, examples=join.outputs["examples"], weighting=config.correlation_weighting,
         max_values=config.correlation_max_values, measure=config.correlation_measure)
@@ -93,14 +92,13 @@ def data_components(config: PipelineConfig) -> list[Any]:
 
 def trainers(config: PipelineConfig, transform: Any, correlation: Any) -> list[Any]:
     """One SslTrainer per configured variant; the first one is ``Trainer``."""
-    steps = hparams.from_dict(config.hparams).train_steps
     out = []
     for i, variant in enumerate(config.train_variants):
         trainer = SslTrainer(
             examples=transform.outputs["transformed_examples"],
             transform_graph=transform.outputs["transform_graph"],
             correlation=correlation.outputs["correlation"],
-            custom_config=config.trainer_config(variant), train_steps=steps)
+            spec=config.spec, hparams=config.trainer_hparams(variant))
         out.append(trainer.with_id("Trainer" if i == 0 else f"Trainer_{variant}"))
     return out
 

@@ -8,6 +8,7 @@ import pytest
 from google.protobuf import json_format
 from kfp.pipeline_spec import pipeline_spec_pb2
 
+from components.trainer import hparams
 from kubeflow import compile as kfp_compile
 from kubeflow import presets
 from pipeline.config import PipelineConfig
@@ -30,7 +31,8 @@ def _config(**overrides):
     args = presets.beam_args("dataflow", project="example", region="europe-west4",
                              image=IMAGE, pipeline_root=ROOT)
     values = dict(spec=parse_spec(SPEC, "/"), run_root=ROOT, beam_pipeline_args=args,
-                  hparams={"strategy": "multi_worker_mirrored"}, train_variants=("cfm",),
+                  hparams=hparams.from_dict({"strategy": "multi_worker_mirrored"}),
+                  train_variants=("cfm",),
                   span_window=False)
     values.update(overrides)
     return PipelineConfig(**values)

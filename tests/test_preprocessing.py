@@ -29,7 +29,7 @@ def _log_row(seed, item, genre, device):
 def _run(spec, analyze_rows, transform_rows):
     metadata = dataset_metadata.DatasetMetadata(joined_schema(spec))
     fn = lambda inputs: preprocessing.preprocessing_fn(  # noqa: E731
-        inputs, {preprocessing.SPEC_KEY: spec.to_dict()})
+        inputs, preprocessing.custom_config(spec))
     with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
         transform_fn = (analyze_rows, metadata) | tft_beam.AnalyzeDataset(fn)
         (out, _) = ((transform_rows, metadata), transform_fn) | tft_beam.TransformDataset()

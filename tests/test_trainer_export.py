@@ -23,7 +23,7 @@ def _transform_dir(spec, rows):
     out = tempfile.mkdtemp()
     metadata = dataset_metadata.DatasetMetadata(joined_schema(spec))
     fn = lambda inputs: preprocessing.preprocessing_fn(  # noqa: E731
-        inputs, {preprocessing.SPEC_KEY: spec.to_dict()})
+        inputs, preprocessing.custom_config(spec))
     with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
         transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(fn)
         _ = transform_fn | tft_beam.WriteTransformFn(out)

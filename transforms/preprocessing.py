@@ -18,9 +18,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from transforms import features
-from transforms.spec import Feature, spec_from_dict
-
-SPEC_KEY = "dataset_spec"
+from transforms.spec import SPEC_PARAMETER, DatasetSpec, Feature, spec_from_dict
 
 
 def _rows_where(values: tf.SparseTensor, keep_row: tf.Tensor) -> tf.SparseTensor:
@@ -34,6 +32,11 @@ def _vocabulary(values: tf.SparseTensor, feature: Feature, filename: str) -> Any
                           vocab_filename=filename)
 
 
+def custom_config(spec: DatasetSpec) -> dict[str, Any]:
+    """The Transform component's ``custom_config`` for ``spec``."""
+    return {SPEC_PARAMETER: spec.to_dict()}
+
+
 def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]) -> dict[str, Any]:
     """Maps raw joined features to vocabulary ids.
 
@@ -41,13 +44,13 @@ def preprocessing_fn(inputs: Mapping[str, Any], custom_config: Mapping[str, Any]
       inputs: ``SparseTensor`` [batch, None] of bytes per categorical key of
         :func:`transforms.schema.joined_schema`, plus dense [batch, 1]
         bookkeeping features.
-      custom_config: ``{"dataset_spec": DatasetSpec.to_dict()}``.
+      custom_config: :func:`custom_config` of the dataset spec.
 
     Returns:
       ``SparseTensor`` [batch, None] int64 ids under the same keys, and the
       bookkeeping features unchanged.
     """
-    spec = spec_from_dict(custom_config[SPEC_KEY])
+    spec = spec_from_dict(custom_config[SPEC_PARAMETER])
     is_catalog = tf.equal(tf.reshape(inputs[features.IS_CATALOG_ROW], [-1]), 1)
     oov = spec.num_oov_buckets
     outputs: dict[str, Any] = {}

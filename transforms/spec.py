@@ -29,6 +29,7 @@ one record per line.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import re
 from typing import Any, Mapping, Optional, Sequence
@@ -156,6 +157,20 @@ class DatasetSpec:
     def to_dict(self) -> dict[str, Any]:
         """A JSON-serialisable form; :func:`spec_from_dict` inverts it."""
         return dataclasses.asdict(self)
+
+
+#: The execution property / custom_config key that ships a spec to executors.
+SPEC_PARAMETER = "dataset_spec"
+
+
+def spec_to_json(spec: DatasetSpec) -> str:
+    """The spec as the JSON string of an execution property (sorted keys)."""
+    return json.dumps(spec.to_dict(), sort_keys=True)
+
+
+def spec_from_json(text: str) -> DatasetSpec:
+    """Inverts :func:`spec_to_json`."""
+    return spec_from_dict(json.loads(text))
 
 
 def spec_from_dict(data: Mapping[str, Any]) -> DatasetSpec:

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import channel, standard_artifacts
@@ -11,7 +9,7 @@ from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.correlation import estimator, executor
-from transforms.spec import DatasetSpec
+from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_to_json
 
 
 class FeatureCorrelations(Artifact):
@@ -24,7 +22,7 @@ class FeatureCorrelationSpec(types.ComponentSpec):
     """Inputs, outputs and parameters of :class:`FeatureCorrelation`."""
 
     PARAMETERS = {
-        executor.DATASET_SPEC_KEY: ExecutionParameter(type=str),
+        SPEC_PARAMETER: ExecutionParameter(type=str),
         executor.WEIGHTING_KEY: ExecutionParameter(type=str),
         executor.MAX_VALUES_KEY: ExecutionParameter(type=int),
         executor.MEASURE_KEY: ExecutionParameter(type=str, optional=True),
@@ -64,7 +62,7 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
         if max_values < 2:
             raise ValueError(f"max_values must be >= 2, got {max_values}.")
         super().__init__(spec=FeatureCorrelationSpec(
-            dataset_spec=json.dumps(spec.to_dict(), sort_keys=True),
+            **{SPEC_PARAMETER: spec_to_json(spec)},
             weighting=weighting, max_values=max_values, measure=measure,
             examples=examples,
             correlation=channel.Channel(type=FeatureCorrelations)))

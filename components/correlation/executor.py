@@ -14,11 +14,10 @@ from tfx.types import artifact_utils
 
 from components.correlation import beam_mi, estimator, report
 from transforms import features
-from transforms.spec import spec_from_dict
+from transforms.spec import SPEC_PARAMETER, spec_from_json
 
 EXAMPLES_KEY = "examples"
 CORRELATION_KEY = "correlation"
-DATASET_SPEC_KEY = "dataset_spec"
 WEIGHTING_KEY = "weighting"
 MAX_VALUES_KEY = "max_values"
 MEASURE_KEY = "measure"
@@ -73,7 +72,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
            exec_properties: dict[str, Any]) -> None:  # noqa: N802
         """Runs the Beam job and writes ``correlation.json`` and the heat map."""
-        spec = spec_from_dict(json.loads(exec_properties[DATASET_SPEC_KEY]))
+        spec = spec_from_json(exec_properties[SPEC_PARAMETER])
         weighting = exec_properties.get(WEIGHTING_KEY) or "items"
         if weighting not in WEIGHTINGS:
             raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")

@@ -20,10 +20,30 @@ from tfx.types.component_spec import ChannelParameter
 from tfx.utils import json_utils
 
 from components.correlation.component import FeatureCorrelations
+from components.trainer import hparams as hparams_lib
 from transforms import features
+from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_from_dict
 
 CORRELATION_KEY = "correlation"
 RUN_FN = "components.trainer.run.run_fn"
+#: ``custom_config`` keys: the layout is this component's, read by ``run_fn``.
+HPARAMS_KEY = "hparams"
+
+
+def custom_config(spec: DatasetSpec, hp: hparams_lib.HParams) -> dict[str, Any]:
+    """The ``custom_config`` that hands the validated HParams and spec to ``run_fn``."""
+    return {HPARAMS_KEY: hp.to_dict(), SPEC_PARAMETER: spec.to_dict()}
+
+
+def read_custom_config(config: Optional[dict[str, Any]]
+                       ) -> tuple[hparams_lib.HParams, DatasetSpec]:
+    """Inverts :func:`custom_config` (in ``run_fn``)."""
+    config = config or {}
+    if SPEC_PARAMETER not in config:
+        raise ValueError(f"the Trainer's custom_config has no {SPEC_PARAMETER!r}; build it with "
+                         "components.trainer.component.custom_config.")
+    return (hparams_lib.from_dict(config.get(HPARAMS_KEY, {})),
+            spec_from_dict(config[SPEC_PARAMETER]))
 
 
 class SslTrainerSpec(standard_component_specs.TrainerSpec):
@@ -58,15 +78,16 @@ class SslTrainer(base_component.BaseComponent):
     EXECUTOR_SPEC = executor_spec.ExecutorClassSpec(Executor)
 
     def __init__(self, examples: types.BaseChannel, transform_graph: types.BaseChannel,
-                 custom_config: dict[str, Any], train_steps: int,
+                 spec: DatasetSpec, hparams: hparams_lib.HParams,
                  correlation: Optional[types.BaseChannel] = None) -> None:
         """Builds the component.
 
         Args:
           examples: Transform's transformed examples (splits train, eval, catalog).
           transform_graph: Transform's graph.
-          custom_config: ``{"hparams": {...}, "dataset_spec": {...}}``.
-          train_steps: recorded as the Trainer's train_args.num_steps.
+          spec: the dataset spec.
+          hparams: the validated hyper-parameters (``train_steps`` is also
+            recorded as the Trainer's train_args.num_steps).
           correlation: the FeatureCorrelation artefact (needed by CFM variants).
         """
         super().__init__(spec=SslTrainerSpec(
@@ -75,8 +96,8 @@ class SslTrainer(base_component.BaseComponent):
             correlation=correlation,
             run_fn=RUN_FN,
             train_args=trainer_pb2.TrainArgs(splits=[features.TRAIN_SPLIT],
-                                             num_steps=train_steps),
+                                             num_steps=hparams.train_steps),
             eval_args=trainer_pb2.EvalArgs(splits=[features.EVAL_SPLIT], num_steps=0),
-            custom_config=json_utils.dumps(custom_config),
+            custom_config=json_utils.dumps(custom_config(spec, hparams)),
             model=channel.Channel(type=standard_artifacts.Model),
             model_run=channel.Channel(type=standard_artifacts.ModelRun)))

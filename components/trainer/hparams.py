@@ -146,6 +146,12 @@ class HParams:
         """The SSL temperature actually used."""
         return self.temperature if self.ssl_temperature is None else self.ssl_temperature
 
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-serialisable form; :func:`from_dict` inverts it."""
+        out = dataclasses.asdict(self)
+        out["hidden_units"] = list(self.hidden_units)
+        return out
+
     def masked_count(self, k: int) -> int:
         """Features masked in view h for ``k`` item features."""
         return self.n_masked or self.flags.n_masked(k)

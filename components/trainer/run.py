@@ -11,14 +11,12 @@ import tensorflow_transform as tft
 import tf_keras
 
 from components.correlation import report as correlation_report
+from components.trainer import component as trainer_component
 from components.trainer import data, export
 from components.trainer import hparams as hparams_lib
 from components.trainer.model import FeatureLayout, Sampling, TwoTowerSSL
 from transforms import features
-from transforms.spec import DatasetSpec, spec_from_dict
-
-HPARAMS_KEY = "hparams"
-DATASET_SPEC_KEY = "dataset_spec"
+from transforms.spec import DatasetSpec
 
 
 def feature_layout(spec: DatasetSpec, tf_transform_output: tft.TFTransformOutput) -> FeatureLayout:
@@ -121,13 +119,11 @@ def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_
 def run_fn(fn_args: Any) -> None:
     """Trains and exports; called by the Trainer component.
 
-    ``fn_args.custom_config`` holds ``hparams`` (see :mod:`hparams`) and
-    ``dataset_spec``; ``fn_args.correlation_uri`` and ``fn_args.catalog_dir``
+    ``fn_args.custom_config`` is :func:`components.trainer.component.custom_config`;
+    ``fn_args.correlation_uri`` and ``fn_args.catalog_dir``
     are set by :class:`components.trainer.component.Executor`.
     """
-    config = fn_args.custom_config or {}
-    hp = hparams_lib.from_dict(config.get(HPARAMS_KEY, {}))
-    spec = spec_from_dict(config[DATASET_SPEC_KEY])
+    hp, spec = trainer_component.read_custom_config(fn_args.custom_config)
     correlation = None
     if getattr(fn_args, "correlation_uri", None):
         correlation = correlation_report.read(fn_args.correlation_uri)
