@@ -67,7 +67,7 @@ def _child(examples_uri: str, out_uri: str) -> None:
     executor.Executor(executor.Executor.Context(beam_pipeline_args=list(LOCAL_BEAM_ARGS))).Do(
         {"examples": [examples]}, {"correlation": [out]},
         {"dataset_spec": json.dumps(spec.to_dict()), "weighting": "items",
-         "max_values": 10_000})
+         "max_values": 10_000, "measure": "ami"})
 
 
 def _accuracy() -> dict[str, float]:

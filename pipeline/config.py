@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from components.correlation import estimator as correlation_estimator
+from components.correlation.component import CorrelationSettings
 from components.evaluate.config import EvalSettings
 from components.index.search import IndexConfig
 from components.trainer import hparams
@@ -30,13 +30,8 @@ class PipelineConfig:
       beam_pipeline_args: flags for every Beam step (runner choice).
       enable_cache: reuse outputs of steps whose inputs did not change.
       span: ingest this log span (None: the latest span).
-      correlation_weighting: how catalog items count in the MI statistics:
-        ``items`` (each once, matching uniform SSL sampling) or
-        ``train_frequency``.
-      correlation_max_values: features with more distinct values are hashed
-        into this many buckets for the MI statistics.
-      correlation_measure: the dependence measure that forms the CFM groups:
-        ``ami`` (adjusted MI, chance-corrected) or ``nmi`` (plug-in NMI).
+      correlation: FeatureCorrelation's weighting, hashing limit and
+        grouping measure (validated by ``CorrelationSettings``).
       hparams: Trainer hyper-parameters, validated once where they enter
         (``components.trainer.hparams.from_dict`` in the CLI / compiler); each
         Trainer gets them with its variant.
@@ -58,9 +53,7 @@ class PipelineConfig:
     beam_pipeline_args: tuple[str, ...] = LOCAL_BEAM_ARGS
     enable_cache: bool = True
     span: Optional[int] = None
-    correlation_weighting: str = "items"
-    correlation_max_values: int = 10_000
-    correlation_measure: str = "ami"
+    correlation: CorrelationSettings = dataclasses.field(default_factory=CorrelationSettings)
     hparams: hparams.HParams = dataclasses.field(default_factory=hparams.HParams)
     train_variants: tuple[str, ...] = ("cfm",)
     span_window: bool = True
@@ -74,12 +67,6 @@ class PipelineConfig:
             raise ValueError("run_root must be a folder path, got an empty string.")
         if self.span is not None and self.span < 0:
             raise ValueError(f"span must be >= 0, got {self.span}.")
-        if self.correlation_weighting not in ("items", "train_frequency"):
-            raise ValueError("correlation_weighting must be 'items' or 'train_frequency', "
-                             f"got {self.correlation_weighting!r}.")
-        if self.correlation_measure not in correlation_estimator.MEASURES:
-            raise ValueError(f"correlation_measure must be one of "
-                             f"{correlation_estimator.MEASURES}, got {self.correlation_measure!r}.")
         if not isinstance(self.hparams, hparams.HParams):
             raise TypeError("hparams: expected components.trainer.hparams.HParams (build it "
                             f"with hparams.from_dict), got {type(self.hparams).__name__}.")
@@ -91,9 +78,6 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"eval slice features {unknown} are not item features of "
                              f"{self.spec.name!r}; choose from {names}.")
-        if self.correlation_max_values < 2:
-            raise ValueError(f"correlation_max_values must be >= 2, got "
-                             f"{self.correlation_max_values}.")
 
     def trainer_hparams(self, variant: str) -> hparams.HParams:
         """The hyper-parameters of the Trainer of ``variant``."""

@@ -83,8 +83,7 @@ def data_components(config: PipelineConfig) -> list[Any]:
             analyze=analyze, transform=list(features.JOINED_SPLITS)),
         custom_config=preprocessing.custom_config(spec))
     correlation = FeatureCorrelation(
-        spec, examples=join.outputs["examples"], weighting=config.correlation_weighting,
-        max_values=config.correlation_max_values, measure=config.correlation_measure)
+        spec, examples=join.outputs["examples"], settings=config.correlation)
     correlation.add_upstream_node(transform)
     return [logs_gen, catalog_gen, *logs_checks, *catalog_checks, *window, join, transform,
             correlation]

@@ -230,3 +230,14 @@ def test_feature_missing_from_catalog_examples_is_an_error(tmp_path):
     executor.check_features_present(str(tmp_path), ["item_id", "genre"])
     with pytest.raises(executor.MissingFeatureError, match=r"no feature\(s\) \['item_year'\]"):
         executor.check_features_present(str(tmp_path), ["item_id", "genre", "year"])
+
+
+def test_settings_are_validated_once_naming_the_setting():
+    from components.correlation.component import CorrelationSettings
+
+    assert CorrelationSettings().measure == "ami"
+    for kwargs, message in (({"weighting": "clicks"}, "weighting must be one of"),
+                            ({"max_values": 1}, "max_values must be >= 2"),
+                            ({"measure": "pearson"}, "measure must be one of")):
+        with pytest.raises(ValueError, match=f"correlation {message}"):
+            CorrelationSettings(**kwargs)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import channel, standard_artifacts
@@ -25,18 +27,17 @@ class FeatureCorrelationSpec(types.ComponentSpec):
         SPEC_PARAMETER: ExecutionParameter(type=str),
         executor.WEIGHTING_KEY: ExecutionParameter(type=str),
         executor.MAX_VALUES_KEY: ExecutionParameter(type=int),
-        executor.MEASURE_KEY: ExecutionParameter(type=str, optional=True),
+        executor.MEASURE_KEY: ExecutionParameter(type=str),
     }
     INPUTS = {executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
     OUTPUTS = {executor.CORRELATION_KEY: ChannelParameter(type=FeatureCorrelations)}
 
 
-class FeatureCorrelation(base_beam_component.BaseBeamComponent):
-    """Computes MI between every pair of item features over the catalog split.
+@dataclasses.dataclass(frozen=True)
+class CorrelationSettings:
+    """How FeatureCorrelation counts and groups; validated here, once.
 
-    Args:
-      spec: the dataset spec (which features, which is the id).
-      examples: the joined Examples (its ``catalog`` split is read).
+    Attributes:
       weighting: ``items`` (each catalog item once, the default: matches the
         uniform SSL distribution) or ``train_frequency`` (items weighted by
         their training count; cold items drop out).
@@ -47,22 +48,40 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
         (plug-in MI / max entropy). The artefact records both.
     """
 
+    weighting: str = "items"
+    max_values: int = 10_000
+    measure: str = "ami"
+
+    def __post_init__(self) -> None:
+        """Rejects values outside their choices or range, naming the setting."""
+        if self.weighting not in executor.WEIGHTINGS:
+            raise ValueError(f"correlation weighting must be one of {executor.WEIGHTINGS}, "
+                             f"got {self.weighting!r}.")
+        if self.max_values < 2:
+            raise ValueError(f"correlation max_values must be >= 2, got {self.max_values}.")
+        if self.measure not in estimator.MEASURES:
+            raise ValueError(f"correlation measure must be one of {estimator.MEASURES}, "
+                             f"got {self.measure!r}.")
+
+
+class FeatureCorrelation(base_beam_component.BaseBeamComponent):
+    """Computes MI between every pair of item features over the catalog split.
+
+    Args:
+      spec: the dataset spec (which features, which is the id).
+      examples: the joined Examples (its ``catalog`` split is read).
+      settings: weighting, hashing limit and grouping measure.
+    """
+
     SPEC_CLASS = FeatureCorrelationSpec
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
     def __init__(self, spec: DatasetSpec, examples: types.BaseChannel,
-                 weighting: str = "items", max_values: int = 10_000,
-                 measure: str = "ami") -> None:
+                 settings: CorrelationSettings = CorrelationSettings()) -> None:
         """Builds the component."""
-        if measure not in estimator.MEASURES:
-            raise ValueError(f"measure must be one of {estimator.MEASURES}, got {measure!r}.")
-        if weighting not in executor.WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {executor.WEIGHTINGS}, "
-                             f"got {weighting!r}.")
-        if max_values < 2:
-            raise ValueError(f"max_values must be >= 2, got {max_values}.")
         super().__init__(spec=FeatureCorrelationSpec(
             **{SPEC_PARAMETER: spec_to_json(spec)},
-            weighting=weighting, max_values=max_values, measure=measure,
+            weighting=settings.weighting, max_values=settings.max_values,
+            measure=settings.measure,
             examples=examples,
             correlation=channel.Channel(type=FeatureCorrelations)))

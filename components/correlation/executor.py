@@ -73,10 +73,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
            exec_properties: dict[str, Any]) -> None:  # noqa: N802
         """Runs the Beam job and writes ``correlation.json`` and the heat map."""
         spec = spec_from_json(exec_properties[SPEC_PARAMETER])
-        weighting = exec_properties.get(WEIGHTING_KEY) or "items"
-        if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}.")
-        max_values = int(exec_properties.get(MAX_VALUES_KEY) or 10_000)
+        weighting = exec_properties[WEIGHTING_KEY]     # validated by CorrelationSettings
+        max_values = int(exec_properties[MAX_VALUES_KEY])
         names = [f.name for f in spec.item_features if f.name != spec.item_id]
         n_masked = estimator.paper_group_size(len(names) + 1)
         examples = artifact_utils.get_single_instance(input_dict[EXAMPLES_KEY])
@@ -98,7 +96,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             result = [(_tuples(k), _tuples(v)) for k, v in json.loads(f.read())]
         tf.io.gfile.remove(os.path.join(out.uri, "sums.json"))
         doc = report.assemble(result, spec.item_id, names, n_masked, weighting,
-                              exec_properties.get(MEASURE_KEY) or "ami")
+                              exec_properties[MEASURE_KEY])
         report.write(doc, out.uri)
         for line in report.describe_groups(doc):
             logging.info("CFM %s", line)
