@@ -35,7 +35,7 @@ SPEC_FEATURES = ["category", "subcategory", "brand", "tags", "price"]
 def _write_catalog(n_items: int, folder: str) -> None:
     config = synthetic.SyntheticConfig(n_items=n_items, n_pairs=1, seed=0)
     items = synthetic.catalog(config, np.random.default_rng(0))
-    split = os.path.join(folder, "Split-catalog")
+    split = features.split_dir(folder, features.CATALOG_SPLIT)
     os.makedirs(split, exist_ok=True)
     options = tf.io.TFRecordOptions(compression_type="GZIP")
     columns = {c: items[c].to_numpy() for c in ["item_id", *SPEC_FEATURES]}

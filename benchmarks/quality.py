@@ -108,7 +108,7 @@ def prepare_splits(train_dir: str, work: str) -> dict[str, object]:
 
 def _parse(records: np.ndarray, feature_spec: dict) -> tuple[dict[str, tf.Tensor], np.ndarray]:
     """Transformed features (ragged ids) and each row's item bucket."""
-    parsed = data._to_ragged(tf.io.parse_example(tf.constant(list(records)), feature_spec))
+    parsed = data.to_ragged(tf.io.parse_example(tf.constant(list(records)), feature_spec))
     bucket = parsed.pop(features.ITEM_BUCKET)
     if isinstance(bucket, tf.RaggedTensor):
         bucket = bucket.to_tensor(default_value=b"")
@@ -200,16 +200,16 @@ def main() -> None:
     spec = load_spec(args.dataset)
     examples = latest_artifact(args.run_root, "Transform", "transformed_examples")
     transform_dir = latest_artifact(args.run_root, "Transform", "transform_graph")
-    catalog_dir = os.path.join(examples, "Split-catalog")
+    catalog_dir = features.split_dir(examples, features.CATALOG_SPLIT)
     correlation = correlation_report.read(
         latest_artifact(args.run_root, "FeatureCorrelation", "correlation"))
     os.makedirs(args.work, exist_ok=True)
-    splits = prepare_splits(os.path.join(examples, "Split-train"), args.work)
+    splits = prepare_splits(features.split_dir(examples, features.TRAIN_SPLIT), args.work)
     feature_spec = tft.TFTransformOutput(transform_dir).transformed_feature_spec()
     catalog = _records(catalog_dir)
     validation = Evaluation(splits["validation"], catalog, feature_spec, spec)
-    test = Evaluation(_records(os.path.join(examples, "Split-eval")), catalog, feature_spec,
-                      spec)
+    test = Evaluation(_records(features.split_dir(examples, features.EVAL_SPLIT)), catalog,
+                      feature_spec, spec)
     cells = Cells(os.path.join(args.work, "cells.json"))
 
     def run(phase: str, regime: str, variant: str, seed: int, **hp: float) -> dict:

@@ -23,9 +23,9 @@ import tf_keras  # noqa: E402
 
 from benchmarks.common import latest_artifact, write_results  # noqa: E402
 from components.correlation import report as correlation_report  # noqa: E402
-from components.trainer import data  # noqa: E402
 from components.trainer import hparams as hparams_lib  # noqa: E402
-from components.trainer.run import build_model  # noqa: E402
+from components.trainer.run import build_model, training_input  # noqa: E402
+from transforms import features  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
 
 
@@ -46,17 +46,12 @@ def _measure(variant: str, args: argparse.Namespace, spec, dirs: dict, correlati
                                 "ssl_batch_size": args.batch, "seed": 0})
     tf_keras.utils.set_random_seed(0)
     tft_out = tft.TFTransformOutput(dirs["transform"])
-    feature_spec = tft_out.transformed_feature_spec()
-    main = data.main_stream(dirs["train"], feature_spec, hp.batch_size, 0, shuffle_buffer=10_000)
-    ssl = None
-    if hp.uses_ssl:
-        keys = [f"item_{f.name}" for f in spec.item_features]
-        ssl = data.ssl_stream(data.load_catalog(dirs["catalog"], feature_spec, keys),
-                              hp.ssl_batch_size, 0)
-    model = build_model(spec, hp, tft_out, correlation)
+    stream, sampling = training_input(spec, hp, tft_out, dirs["train"], dirs["catalog"],
+                                      shuffle_buffer=10_000)
+    model = build_model(spec, hp, tft_out, correlation, sampling)
     timer = _EpochTimer()
     epochs = 1 + args.repeats
-    model.fit(data.training_stream(main, ssl), epochs=epochs, steps_per_epoch=args.steps,
+    model.fit(stream, epochs=epochs, steps_per_epoch=args.steps,
               verbose=0, callbacks=[timer])
     measured = timer.times[1:]
     return args.steps * args.batch * len(measured) / sum(measured)
@@ -73,8 +68,8 @@ def main() -> None:
     spec = load_spec(args.dataset)
     examples = latest_artifact(args.run_root, "Transform", "transformed_examples")
     dirs = {"transform": latest_artifact(args.run_root, "Transform", "transform_graph"),
-            "train": os.path.join(examples, "Split-train"),
-            "catalog": os.path.join(examples, "Split-catalog")}
+            "train": features.split_dir(examples, features.TRAIN_SPLIT),
+            "catalog": features.split_dir(examples, features.CATALOG_SPLIT)}
     correlation = correlation_report.read(
         latest_artifact(args.run_root, "FeatureCorrelation", "correlation"))
     values: dict[str, object] = {"batch_size": args.batch, "measured_steps": args.steps

@@ -32,6 +32,7 @@ from pipeline import records, summary
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import evaluation, pusher
 from tests.conftest import tiny_spec
+from transforms import features
 
 N_ITEMS = 60
 ITEMS = [f"i{k:02d}" for k in range(N_ITEMS)]
@@ -58,8 +59,9 @@ def _example(query: str, positive: str, bucket: str, genres: list[str]) -> bytes
 
 
 def _write_examples(folder: str) -> str:
-    os.makedirs(os.path.join(folder, "Split-eval"), exist_ok=True)
-    path = os.path.join(folder, "Split-eval", "data_tfrecord-00000-of-00001.gz")
+    os.makedirs(features.split_dir(folder, features.EVAL_SPLIT), exist_ok=True)
+    path = os.path.join(features.split_dir(folder, features.EVAL_SPLIT),
+                        "data_tfrecord-00000-of-00001.gz")
     with tf.io.TFRecordWriter(path, "GZIP") as writer:
         for query, positive, bucket, genres, _ in CASES:
             writer.write(_example(query, positive, bucket, genres))

@@ -9,6 +9,8 @@ training frequency and its head/tail/cold bucket. Transform keeps these keys.
 
 from __future__ import annotations
 
+import os
+
 TRAIN_SPLIT = "train"
 EVAL_SPLIT = "eval"
 CATALOG_SPLIT = "catalog"
@@ -20,6 +22,11 @@ IS_CATALOG_ROW = "is_catalog_row"
 
 HEAD, TAIL, COLD = "head", "tail", "cold"
 BUCKETS = (HEAD, TAIL, COLD)
+
+
+def split_dir(examples_uri: str, split: str) -> str:
+    """The folder of ``split`` inside an Examples artefact (TFX's ``Split-<name>`` layout)."""
+    return os.path.join(examples_uri, f"Split-{split}")
 
 
 def query_key(name: str) -> str:

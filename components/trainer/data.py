@@ -27,7 +27,8 @@ def _files(split_dir: str) -> list[str]:
     return files
 
 
-def _to_ragged(parsed: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+def to_ragged(parsed: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
+    """Parsed features with every SparseTensor as a RaggedTensor [N, None]."""
     out = {}
     for key, value in parsed.items():
         if isinstance(value, tf.SparseTensor):
@@ -45,7 +46,7 @@ def main_stream(split_dir: str, feature_spec: Mapping[str, tf.io.FixedLenFeature
             .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
             .repeat()
             .batch(batch_size, drop_remainder=True)
-            .map(lambda x: _to_ragged(tf.io.parse_example(x, spec)),
+            .map(lambda x: to_ragged(tf.io.parse_example(x, spec)),
                  num_parallel_calls=tf.data.AUTOTUNE))
 
 
@@ -56,7 +57,7 @@ def load_catalog(split_dir: str, feature_spec: Mapping[str, tf.io.FixedLenFeatur
     records = tf.data.TFRecordDataset(_files(split_dir), compression_type="GZIP")
     parts: dict[str, list[tf.RaggedTensor]] = {k: [] for k in item_keys}
     for batch in records.batch(65536):
-        parsed = _to_ragged(tf.io.parse_example(batch, spec))
+        parsed = to_ragged(tf.io.parse_example(batch, spec))
         for k in item_keys:
             parts[k].append(parsed[k])
     return {k: tf.concat(v, axis=0) for k, v in parts.items()}

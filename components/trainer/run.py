@@ -85,6 +85,26 @@ def build_model(spec: DatasetSpec, hp: hparams_lib.HParams,
     return model
 
 
+def training_input(spec: DatasetSpec, hp: hparams_lib.HParams,
+                   tf_transform_output: tft.TFTransformOutput, train_dir: str,
+                   catalog_dir: str, shuffle_buffer: int = 100_000
+                   ) -> tuple[tf.data.Dataset, Optional[Sampling]]:
+    """The ``(main, ssl)`` batches of ``hp``'s variant, and its logQ counts.
+
+    The counts are None unless the variant draws uniform catalog batches.
+    """
+    feature_spec = tf_transform_output.transformed_feature_spec()
+    main = data.main_stream(train_dir, feature_spec, hp.batch_size, hp.seed, shuffle_buffer)
+    if not hp.flags.needs_catalog:
+        return data.training_stream(main, None), None
+    keys = [features.item_key(f.name) for f in spec.item_features]
+    catalog = data.load_catalog(catalog_dir, feature_spec, [*keys, features.ITEM_TRAIN_COUNT])
+    counts = catalog[features.ITEM_TRAIN_COUNT]      # dense [N, 1]
+    sampling = Sampling(train_pairs=float(tf.reduce_sum(counts)), n_items=float(counts.shape[0]))
+    ssl = data.ssl_stream(catalog, hp.ssl_batch_size, hp.seed)
+    return data.training_stream(main, ssl), sampling
+
+
 def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_dir: str,
           catalog_dir: str, log_dir: str, correlation: Optional[Mapping[str, Any]] = None
           ) -> tuple[TwoTowerSSL, tf_keras.callbacks.History]:
@@ -96,21 +116,12 @@ def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_
     tf_keras.utils.set_random_seed(hp.seed)
     tf.config.experimental.enable_op_determinism()
     tf_transform_output = tft.TFTransformOutput(transform_dir)
-    feature_spec = tf_transform_output.transformed_feature_spec()
-    main = data.main_stream(train_dir, feature_spec, hp.batch_size, hp.seed)
-    ssl, sampling = None, None
-    if hp.flags.needs_catalog:
-        keys = [features.item_key(f.name) for f in spec.item_features]
-        catalog = data.load_catalog(catalog_dir, feature_spec, [*keys, features.ITEM_TRAIN_COUNT])
-        counts = catalog[features.ITEM_TRAIN_COUNT]      # dense [N, 1]
-        sampling = Sampling(train_pairs=float(tf.reduce_sum(counts)),
-                            n_items=float(counts.shape[0]))
-        ssl = data.ssl_stream(catalog, hp.ssl_batch_size, hp.seed)
+    stream, sampling = training_input(spec, hp, tf_transform_output, train_dir, catalog_dir)
     with make_strategy(hp.strategy).scope():
         model = build_model(spec, hp, tf_transform_output, correlation, sampling)
     epochs = max(1, hp.train_steps // hp.steps_per_epoch)
     history = model.fit(
-        data.training_stream(main, ssl), epochs=epochs, steps_per_epoch=hp.steps_per_epoch,
+        stream, epochs=epochs, steps_per_epoch=hp.steps_per_epoch,
         verbose=2, callbacks=[tf_keras.callbacks.TensorBoard(log_dir=log_dir),
                               LearningRateLogger(log_dir)])
     return model, history
