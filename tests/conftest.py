@@ -4,10 +4,17 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import tempfile  # noqa: E402
 import textwrap  # noqa: E402
 
 import pytest  # noqa: E402
+import tensorflow as tf  # noqa: E402
+import tensorflow_transform as tft  # noqa: E402
+import tensorflow_transform.beam as tft_beam  # noqa: E402
+from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io  # noqa: E402
 
+from transforms import features, preprocessing  # noqa: E402
+from transforms.schema import joined_schema  # noqa: E402
 from transforms.spec import DatasetSpec, parse_spec  # noqa: E402
 
 TINY_SPEC = textwrap.dedent("""\
@@ -68,3 +75,41 @@ def tiny_root(tmp_path):
         u3,c,a,mobile
         """)
     return root
+
+
+def catalog_row(item_id, genre, year):
+    """A joined catalog row of the tiny spec (raw features, before Transform)."""
+    return {"item_item_id": [item_id], "item_genre": genre, "item_year": year,
+            "query_item_id": [], "query_genre": [], "query_year": [], "context_device": [],
+            features.ITEM_TRAIN_COUNT: [0], features.ITEM_BUCKET: [b"cold"],
+            features.IS_CATALOG_ROW: [1]}
+
+
+def log_row(seed, item, genre, device):
+    """A joined log row of the tiny spec (raw features, before Transform)."""
+    return {"item_item_id": [item], "item_genre": genre, "item_year": [],
+            "query_item_id": [seed], "query_genre": genre, "query_year": [],
+            "context_device": device,
+            features.ITEM_TRAIN_COUNT: [3], features.ITEM_BUCKET: [b"head"],
+            features.IS_CATALOG_ROW: [0]}
+
+
+def write_transform_graph(spec, rows):
+    """Analyzes ``rows`` with the project's preprocessing_fn; returns the transform folder."""
+    out = tempfile.mkdtemp()
+    metadata = dataset_metadata.DatasetMetadata(joined_schema(spec))
+    fn = lambda inputs: preprocessing.preprocessing_fn(  # noqa: E731
+        inputs, preprocessing.custom_config(spec))
+    with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
+        transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(fn)
+        _ = transform_fn | tft_beam.WriteTransformFn(out)
+    metadata_io.write_metadata(metadata, os.path.join(out, tft.TFTransformOutput.RAW_METADATA_DIR))
+    return out
+
+
+def serialize_example(row, keys):
+    """A serialized tf.Example holding the bytes features ``keys`` of ``row``."""
+    ex = tf.train.Example()
+    for k in keys:
+        ex.features.feature[k].bytes_list.value.extend(row[k])
+    return ex.SerializeToString()

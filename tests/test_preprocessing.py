@@ -6,24 +6,9 @@ import numpy as np
 import tensorflow_transform.beam as tft_beam
 from tensorflow_transform.tf_metadata import dataset_metadata
 
-from tests.conftest import tiny_spec
+from tests.conftest import catalog_row, log_row, tiny_spec
 from transforms import features, preprocessing
 from transforms.schema import joined_schema
-
-
-def _catalog_row(item_id, genre, year):
-    return {"item_item_id": [item_id], "item_genre": genre, "item_year": year,
-            "query_item_id": [], "query_genre": [], "query_year": [], "context_device": [],
-            features.ITEM_TRAIN_COUNT: [0], features.ITEM_BUCKET: [b"cold"],
-            features.IS_CATALOG_ROW: [1]}
-
-
-def _log_row(seed, item, genre, device):
-    return {"item_item_id": [item], "item_genre": genre, "item_year": [],
-            "query_item_id": [seed], "query_genre": genre, "query_year": [],
-            "context_device": device,
-            features.ITEM_TRAIN_COUNT: [3], features.ITEM_BUCKET: [b"head"],
-            features.IS_CATALOG_ROW: [0]}
 
 
 def _run(spec, analyze_rows, transform_rows):
@@ -42,15 +27,15 @@ def _ids(row, key):
 
 def test_golden_rows_missing_oov_empty_and_shared_vocabulary(tiny_root):
     spec = tiny_spec(tiny_root)
-    catalog = [_catalog_row(b"a", [b"x", b"y"], [b"1990"]), _catalog_row(b"b", [b"y"], [b"1990"]),
-               _catalog_row(b"c", [b"y"], [b"2000"])]
+    catalog = [catalog_row(b"a", [b"x", b"y"], [b"1990"]), catalog_row(b"b", [b"y"], [b"1990"]),
+               catalog_row(b"c", [b"y"], [b"2000"])]
     # Log rows are analyzed too (for context features) but must not add item values:
     # genre 'w' appears only in logs, so it is OOV.
-    logs = [_log_row(b"a", b"b", [b"w"], [b"mobile"]), _log_row(b"a", b"b", [], [b"mobile"]),
-            _log_row(b"c", b"a", [b"w"], [b"tablet"])]
+    logs = [log_row(b"a", b"b", [b"w"], [b"mobile"]), log_row(b"a", b"b", [], [b"mobile"]),
+            log_row(b"c", b"a", [b"w"], [b"tablet"])]
     probe = [
-        _log_row(b"b", b"zzz", [b"y", b"w", b"x"], [b"desktop"]),  # unseen item/value/device
-        _log_row(b"a", b"a", [], []),                              # empty lists
+        log_row(b"b", b"zzz", [b"y", b"w", b"x"], [b"desktop"]),  # unseen item/value/device
+        log_row(b"a", b"a", [], []),                              # empty lists
     ]
     out = _run(spec, catalog + logs, probe)
     # Vocabularies sort by descending frequency, then by value (descending):
@@ -70,8 +55,8 @@ def test_golden_rows_missing_oov_empty_and_shared_vocabulary(tiny_root):
 def test_frequency_threshold_sends_rare_values_to_oov(tiny_root):
     spec = tiny_spec(tiny_root, catalog__features=[
         {"name": "genre", "multivalued": True, "frequency_threshold": 2}, {"name": "year"}])
-    catalog = [_catalog_row(b"a", [b"x", b"y"], []), _catalog_row(b"b", [b"y"], []),
-               _catalog_row(b"c", [b"y", b"z"], [])]
-    out = _run(spec, catalog, [_catalog_row(b"a", [b"x", b"y", b"z"], [])])
+    catalog = [catalog_row(b"a", [b"x", b"y"], []), catalog_row(b"b", [b"y"], []),
+               catalog_row(b"c", [b"y", b"z"], [])]
+    out = _run(spec, catalog, [catalog_row(b"a", [b"x", b"y", b"z"], [])])
     # only y (3 items) passes the threshold: y=0, x and z -> OOV id 1.
     assert _ids(out[0], "item_genre") == [1, 0, 1]

@@ -1,41 +1,21 @@
 """Save/reload round trip of the export, self-contained after Transform is deleted."""
 
-import os
 import shutil
-import tempfile
 
 import numpy as np
 import tensorflow as tf
 import tensorflow_transform as tft
-import tensorflow_transform.beam as tft_beam
-from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
 from components.trainer import export, hparams
 from components.trainer.model import TwoTowerSSL
 from components.trainer.run import feature_layout
-from tests.conftest import tiny_spec
-from tests.test_preprocessing import _catalog_row, _log_row
-from transforms import preprocessing
-from transforms.schema import joined_schema
-
-
-def _transform_dir(spec, rows):
-    out = tempfile.mkdtemp()
-    metadata = dataset_metadata.DatasetMetadata(joined_schema(spec))
-    fn = lambda inputs: preprocessing.preprocessing_fn(  # noqa: E731
-        inputs, preprocessing.custom_config(spec))
-    with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
-        transform_fn = (rows, metadata) | tft_beam.AnalyzeDataset(fn)
-        _ = transform_fn | tft_beam.WriteTransformFn(out)
-    metadata_io.write_metadata(metadata, os.path.join(out, tft.TFTransformOutput.RAW_METADATA_DIR))
-    return out
-
-
-def _serialize(row, keys):
-    ex = tf.train.Example()
-    for k in keys:
-        ex.features.feature[k].bytes_list.value.extend(row[k])
-    return ex.SerializeToString()
+from tests.conftest import (
+    catalog_row,
+    log_row,
+    serialize_example,
+    tiny_spec,
+    write_transform_graph,
+)
 
 
 def _dense(rows, key):
@@ -46,15 +26,15 @@ def _dense(rows, key):
 
 def test_export_round_trip_without_transform_output(tiny_root, tmp_path):
     spec = tiny_spec(tiny_root)
-    rows = [_catalog_row(b"a", [b"x", b"y"], [b"1990"]), _catalog_row(b"b", [b"y"], [b"1995"]),
-            _log_row(b"a", b"b", [b"y"], [b"mobile"])]
-    transform_dir = _transform_dir(spec, rows)
+    rows = [catalog_row(b"a", [b"x", b"y"], [b"1990"]), catalog_row(b"b", [b"y"], [b"1995"]),
+            log_row(b"a", b"b", [b"y"], [b"mobile"])]
+    transform_dir = write_transform_graph(spec, rows)
     tft_out = tft.TFTransformOutput(transform_dir)
     hp = hparams.from_dict({"variant": "baseline", "share_towers": False,
                             "hidden_units": [8, 4], "embedding_dim": 3})
     model = TwoTowerSSL(feature_layout(spec, tft_out), hp)
-    probe = [_log_row(b"b", b"a", [b"x", b"zz"], [b"mobile"]),
-             _log_row(b"zz", b"c", [], [b"tablet"])]
+    probe = [log_row(b"b", b"a", [b"x", b"zz"], [b"mobile"]),
+             log_row(b"zz", b"c", [], [b"tablet"])]
     query_keys, item_keys = export.raw_keys(model)
     module = export.EmbeddingExport(model, tft_out, query_keys, item_keys)
     raw = {k: tf.RaggedTensor.from_tensor(_dense(probe, k), padding="").to_sparse()
@@ -69,11 +49,11 @@ def test_export_round_trip_without_transform_output(tiny_root, tmp_path):
     shutil.rmtree(transform_dir)                   # the export must not need it
     loaded = tf.saved_model.load(path)
     by_examples = loaded.signatures["query_embedding_examples"](
-        examples=tf.constant([_serialize(r, query_keys) for r in probe]))["embedding"]
+        examples=tf.constant([serialize_example(r, query_keys) for r in probe]))["embedding"]
     by_tensors = loaded.signatures["query_embedding"](
         **{k: _dense(probe, k) for k in query_keys})["embedding"]
     items = loaded.signatures["item_embedding_examples"](
-        examples=tf.constant([_serialize(r, item_keys) for r in probe]))["embedding"]
+        examples=tf.constant([serialize_example(r, item_keys) for r in probe]))["embedding"]
     np.testing.assert_allclose(by_examples.numpy(), expected_q, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(by_tensors.numpy(), expected_q, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(items.numpy(), expected_i, rtol=1e-6, atol=1e-7)
