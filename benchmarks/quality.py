@@ -50,6 +50,7 @@ from components.index.search import normalize  # noqa: E402
 from components.trainer import data  # noqa: E402
 from components.trainer import hparams as hparams_lib  # noqa: E402
 from components.trainer.run import train  # noqa: E402
+from pipeline import nodes  # noqa: E402
 from transforms import features  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
 
@@ -198,11 +199,11 @@ def main() -> None:
     args = parser.parse_args()
     variants = [v for v in args.variants.split(",") if v]
     spec = load_spec(args.dataset)
-    examples = latest_artifact(args.run_root, "Transform", "transformed_examples")
-    transform_dir = latest_artifact(args.run_root, "Transform", "transform_graph")
+    examples = latest_artifact(args.run_root, nodes.TRANSFORM, "transformed_examples")
+    transform_dir = latest_artifact(args.run_root, nodes.TRANSFORM, "transform_graph")
     catalog_dir = features.split_dir(examples, features.CATALOG_SPLIT)
     correlation = correlation_report.read(
-        latest_artifact(args.run_root, "FeatureCorrelation", "correlation"))
+        latest_artifact(args.run_root, nodes.CORRELATION, "correlation"))
     os.makedirs(args.work, exist_ok=True)
     splits = prepare_splits(features.split_dir(examples, features.TRAIN_SPLIT), args.work)
     feature_spec = tft.TFTransformOutput(transform_dir).transformed_feature_spec()

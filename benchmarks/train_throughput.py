@@ -25,6 +25,7 @@ from benchmarks.common import latest_artifact, write_results  # noqa: E402
 from components.correlation import report as correlation_report  # noqa: E402
 from components.trainer import hparams as hparams_lib  # noqa: E402
 from components.trainer.run import build_model, training_input  # noqa: E402
+from pipeline import nodes  # noqa: E402
 from transforms import features  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
 
@@ -66,12 +67,12 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     args = parser.parse_args()
     spec = load_spec(args.dataset)
-    examples = latest_artifact(args.run_root, "Transform", "transformed_examples")
-    dirs = {"transform": latest_artifact(args.run_root, "Transform", "transform_graph"),
+    examples = latest_artifact(args.run_root, nodes.TRANSFORM, "transformed_examples")
+    dirs = {"transform": latest_artifact(args.run_root, nodes.TRANSFORM, "transform_graph"),
             "train": features.split_dir(examples, features.TRAIN_SPLIT),
             "catalog": features.split_dir(examples, features.CATALOG_SPLIT)}
     correlation = correlation_report.read(
-        latest_artifact(args.run_root, "FeatureCorrelation", "correlation"))
+        latest_artifact(args.run_root, nodes.CORRELATION, "correlation"))
     values: dict[str, object] = {"batch_size": args.batch, "measured_steps": args.steps
                                  * args.repeats}
     for variant in hparams_lib.VARIANTS:

@@ -19,6 +19,7 @@ from components.ingest import rows
 from components.ingest.component import ContractExampleGen
 from components.join.component import JoinExamples
 from components.trainer.component import SslTrainer
+from pipeline import nodes
 from pipeline.config import PipelineConfig
 from transforms import features, preprocessing
 
@@ -27,16 +28,17 @@ PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
 
 def _validated(name: str, examples: Any, schema_file: Optional[str]) -> tuple[list[Any], Any]:
     """StatisticsGen -> SchemaGen (or ImportSchemaGen) -> ExampleValidator."""
-    stats = tfx.components.StatisticsGen(examples=examples).with_id(f"{name}StatisticsGen")
+    stats_id, schema_id, validator_id = nodes.checks(name)
+    stats = tfx.components.StatisticsGen(examples=examples).with_id(stats_id)
     if schema_file:
         schema = tfx.components.ImportSchemaGen(schema_file=schema_file)
     else:
         schema = tfx.components.SchemaGen(statistics=stats.outputs["statistics"],
                                           infer_feature_shape=False)
-    schema = schema.with_id(f"{name}SchemaGen")
+    schema = schema.with_id(schema_id)
     validator = tfx.components.ExampleValidator(
         statistics=stats.outputs["statistics"],
-        schema=schema.outputs["schema"]).with_id(f"{name}ExampleValidator")
+        schema=schema.outputs["schema"]).with_id(validator_id)
     return [stats, schema, validator], validator.outputs["anomalies"]
 
 
@@ -55,7 +57,7 @@ def _log_window(config: PipelineConfig, logs_gen: Any) -> tuple[list[Any], Any]:
         strategy_class=tfx.dsl.experimental.SpanRangeStrategy,
         config={"range_config": range_config_pb2.RangeConfig(
             rolling_range=range_config_pb2.RollingRange(num_spans=config.spec.train_spans))},
-        examples=every_span).with_id("LogSpanWindow")
+        examples=every_span).with_id(nodes.LOG_SPAN_WINDOW)
     window.add_upstream_node(logs_gen)
     return [window], window.outputs["examples"]
 
@@ -63,15 +65,16 @@ def _log_window(config: PipelineConfig, logs_gen: Any) -> tuple[list[Any], Any]:
 def data_components(config: PipelineConfig) -> list[Any]:
     """Ingestion, validation, join, Transform and feature correlations."""
     spec = config.spec
-    logs_gen = ContractExampleGen(spec, rows.LOGS, config.span).with_id("LogsExampleGen")
-    catalog_gen = ContractExampleGen(spec, rows.CATALOG).with_id("CatalogExampleGen")
+    logs_gen = ContractExampleGen(spec, rows.LOGS, config.span).with_id(nodes.LOGS_EXAMPLE_GEN)
+    catalog_gen = ContractExampleGen(spec, rows.CATALOG).with_id(nodes.CATALOG_EXAMPLE_GEN)
     logs_checks, logs_anomalies = _validated("Logs", logs_gen.outputs["examples"],
                                              spec.logs_schema)
     catalog_checks, catalog_anomalies = _validated("Catalog", catalog_gen.outputs["examples"],
                                                    spec.catalog_schema)
     window, logs = _log_window(config, logs_gen)
     join = JoinExamples(spec, logs=logs, catalog=catalog_gen.outputs["examples"],
-                        logs_anomalies=logs_anomalies, catalog_anomalies=catalog_anomalies)
+                        logs_anomalies=logs_anomalies, catalog_anomalies=catalog_anomalies
+                        ).with_id(nodes.JOIN)
     analyze = [features.CATALOG_SPLIT]
     if spec.context_features:
         analyze.append(features.TRAIN_SPLIT)
@@ -81,9 +84,10 @@ def data_components(config: PipelineConfig) -> list[Any]:
         preprocessing_fn=PREPROCESSING_FN,
         splits_config=transform_pb2.SplitsConfig(
             analyze=analyze, transform=list(features.JOINED_SPLITS)),
-        custom_config=preprocessing.custom_config(spec))
+        custom_config=preprocessing.custom_config(spec)).with_id(nodes.TRANSFORM)
     correlation = FeatureCorrelation(
-        spec, examples=join.outputs["examples"], settings=config.correlation)
+        spec, examples=join.outputs["examples"], settings=config.correlation
+    ).with_id(nodes.CORRELATION)
     correlation.add_upstream_node(transform)
     return [logs_gen, catalog_gen, *logs_checks, *catalog_checks, *window, join, transform,
             correlation]
@@ -98,7 +102,7 @@ def trainers(config: PipelineConfig, transform: Any, correlation: Any) -> list[A
             transform_graph=transform.outputs["transform_graph"],
             correlation=correlation.outputs["correlation"],
             spec=config.spec, hparams=config.trainer_hparams(variant))
-        out.append(trainer.with_id("Trainer" if i == 0 else f"Trainer_{variant}"))
+        out.append(trainer.with_id(nodes.trainer(variant, first=i == 0)))
     return out
 
 
@@ -113,11 +117,12 @@ def evaluation(config: PipelineConfig, examples: Any, model: Any) -> list[Any]:
         strategy_class=tfx.dsl.experimental.LatestBlessedModelStrategy,
         model=tfx.dsl.Channel(type=tfx.types.standard_artifacts.Model),
         model_blessing=tfx.dsl.Channel(type=tfx.types.standard_artifacts.ModelBlessing),
-    ).with_id("LatestBlessedModelResolver")
+    ).with_id(nodes.BLESSED_MODEL_RESOLVER)
     evaluator = tfx.components.Evaluator(
         examples=examples, model=model, baseline_model=baseline.outputs["model"],
         example_splits=[features.EVAL_SPLIT],
-        eval_config=eval_lib.eval_config(config.spec, config.eval_settings))
+        eval_config=eval_lib.eval_config(config.spec, config.eval_settings)
+    ).with_id(nodes.EVALUATOR)
     return [baseline, evaluator]
 
 
@@ -133,7 +138,7 @@ def pusher(config: PipelineConfig, name: str, model: Any, blessing: Any) -> Any:
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(
                 base_directory=os.path.join(config.serving_root, name)))
-    ).with_id(f"Pusher_{name}")
+    ).with_id(nodes.pusher(name))
 
 
 def serving_components(config: PipelineConfig, join: Any, trainer: Any) -> list[Any]:
@@ -144,7 +149,8 @@ def serving_components(config: PipelineConfig, join: Any, trainer: Any) -> list[
     so an unblessed model reaches no serving folder.
     """
     index = IndexBuilder(config.spec, model=trainer.outputs["model"],
-                         examples=join.outputs["examples"], config=config.index_config)
+                         examples=join.outputs["examples"], config=config.index_config
+                         ).with_id(nodes.INDEX)
     resolver, evaluator = evaluation(config, join.outputs["examples"],
                                      index.outputs["brute_force_model"])
     models = (index.outputs["scann_model"], index.outputs["brute_force_model"],
@@ -157,10 +163,10 @@ def serving_components(config: PipelineConfig, join: Any, trainer: Any) -> list[
 def _all_components(config: PipelineConfig) -> list[Any]:
     data = data_components(config)
     by_id = {c.id: c for c in data}
-    trained = trainers(config, by_id["Transform"], by_id["FeatureCorrelation"])
+    trained = trainers(config, by_id[nodes.TRANSFORM], by_id[nodes.CORRELATION])
     if not trained:
         return data
-    return data + trained + serving_components(config, by_id["JoinExamples"], trained[0])
+    return data + trained + serving_components(config, by_id[nodes.JOIN], trained[0])
 
 
 def create_pipeline(config: PipelineConfig) -> tfx_pipeline.Pipeline:
