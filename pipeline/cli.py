@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
 import traceback
 from typing import Optional, Sequence
@@ -143,22 +144,29 @@ def _run(args: argparse.Namespace) -> int:
         except Exception as e:  # noqa: BLE001 (every failure is reported, then re-classified)
             traceback.print_exc()
             step = watcher.unfinished[-1] if watcher and watcher.unfinished else None
-            out.say(f"FAILED{' in step ' + step if step else ''}: {type(e).__name__}: "
-                    f"{_first_lines(e)}")
+            kind, message = reason(e)
+            out.say(f"FAILED{' in step ' + step if step else ''}: {kind}: {message}")
             out.say(f"Full detail: {out.log_path}")
-            return 2 if _user_error(e) else 1
+            return 2 if kind in _USER_ERRORS else 1
 
 
-def _user_error(error: BaseException) -> bool:
-    """Bad specs and bad input (exit 2), as opposed to failures of the code (exit 1)."""
-    from components.ingest.rows import InputError
-
-    return isinstance(error, (SpecError, InputError))
+_ERROR_LINE = re.compile(r"^(?:[\w]+\.)*(\w+(?:Error|Exception)): (.+)$")
+_USER_ERRORS = ("SpecError", "InputError")
 
 
-def _first_lines(error: BaseException, limit: int = 6) -> str:
-    lines = str(error).strip().splitlines()
-    return "\n  ".join(lines[:limit]) + (" ..." if len(lines) > limit else "")
+def reason(error: BaseException) -> tuple[str, str]:
+    """(error type, message) of the innermost error behind ``error``.
+
+    An error raised inside a Beam worker process reaches the runner as a
+    ``RuntimeError`` whose text holds the worker's traceback; the last
+    ``<module>.<Type>: <message>`` line in it names the original error.
+    """
+    text = str(error).strip()
+    found = [m for m in map(_ERROR_LINE.match, text.splitlines()) if m]
+    if not found:
+        return type(error).__name__, (text.splitlines() or [""])[0]
+    kind, message = found[-1].groups()
+    return kind, re.sub(r" \[while running '[^']*'\]$", "", message)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -176,7 +184,7 @@ def main(argv: Sequence[str]) -> int:
             n_items=args.items, n_pairs=args.pairs, spans=args.spans, seed=args.seed), args.out))
         return 0
     except Exception as e:  # noqa: BLE001 (re-raised unless it is bad input)
-        if not _user_error(e):
+        if reason(e)[0] not in _USER_ERRORS:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

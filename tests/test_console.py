@@ -91,3 +91,17 @@ def test_curves_read_back_what_keras_wrote(tmp_path):
 
     assert matplotlib.image.imread(png).shape[0] > 100
     assert not curves.plot(str(tmp_path / "empty"), "t", str(tmp_path / "none.png"))
+
+
+def test_reason_finds_the_error_behind_a_beam_worker_failure():
+    from components.ingest.rows import InputError
+    from pipeline.cli import reason
+
+    wrapped = RuntimeError(
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
+        "    raise rows.InputError(\ncomponents.ingest.rows.InputError: catalog item id 'i0' "
+        "appears 2 times (a.csv:2, a.csv:9). [while running 'InputToRecord[catalog]/Dedupe']")
+    assert reason(wrapped) == ("InputError", "catalog item id 'i0' appears 2 times "
+                                             "(a.csv:2, a.csv:9).")
+    assert reason(InputError("folder x does not exist\nmore")) == (
+        "InputError", "folder x does not exist")
