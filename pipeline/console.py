@@ -60,7 +60,7 @@ class Console:
             sys.stdout.write(line + "\n")
             sys.stdout.flush()
             return
-        sys.stderr.write(f"[console] {line}\n")
+        sys.stderr.write("".join(f"[console] {part}\n" for part in line.split("\n")))
         sys.stderr.flush()
         self._terminal.write(line + "\n")
         self._terminal.flush()

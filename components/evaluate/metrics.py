@@ -18,8 +18,6 @@ catalog, best first) and ``scores``; the label is the set of positive ids.
 
 from __future__ import annotations
 
-import atexit
-import gc
 from typing import Any, Dict, Iterable, List, Optional
 
 import apache_beam as beam
@@ -167,17 +165,3 @@ class _TopKCombiner(beam.CombineFn):
     def extract_output(self, acc: list[float]) -> Dict[metric_types.MetricKey, float]:
         return {self._key: acc[0] / acc[1] if acc[1] else float("nan")}
 
-
-def _collect_before_teardown() -> None:
-    """Frees TensorFlow functions left in reference cycles while TensorFlow is loaded.
-
-    TFMA imports this module in every Beam worker that evaluates. A worker
-    exits by returning from its main loop; the loaded model's functions, if
-    left in reference cycles, would be freed during interpreter teardown,
-    after TensorFlow's module globals are gone, and each
-    ``AtomicFunction.__del__`` would print a ``TypeError`` traceback.
-    """
-    gc.collect()
-
-
-atexit.register(_collect_before_teardown)
