@@ -10,11 +10,12 @@ its key figure.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import threading
 import time
-from typing import Callable, Optional
+from typing import Callable, Iterator, Optional
 
 from absl import logging as absl_logging
 
@@ -72,22 +73,18 @@ def _clock() -> str:
     return time.strftime("%H:%M:%S")
 
 
-class watching:  # noqa: N801 (a context manager used as ``with watching(...)``)
-    """Attaches a :class:`StepWatcher` to absl's logger for the ``with`` block.
+@contextlib.contextmanager
+def watching(watcher: StepWatcher) -> Iterator[StepWatcher]:
+    """Attaches ``watcher`` to absl's logger for the ``with`` block.
 
     absl's verbosity is raised to INFO so the runners' records are emitted
     (into the log file, which thereby holds every step's detail).
     """
-
-    def __init__(self, watcher: StepWatcher) -> None:
-        self.watcher = watcher
-        self._verbosity = absl_logging.get_verbosity()
-
-    def __enter__(self) -> StepWatcher:
-        absl_logging.set_verbosity(absl_logging.INFO)
-        absl_logging.get_absl_logger().addHandler(self.watcher)
-        return self.watcher
-
-    def __exit__(self, *exc: object) -> None:
-        absl_logging.get_absl_logger().removeHandler(self.watcher)
-        absl_logging.set_verbosity(self._verbosity)
+    verbosity = absl_logging.get_verbosity()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    absl_logging.get_absl_logger().addHandler(watcher)
+    try:
+        yield watcher
+    finally:
+        absl_logging.get_absl_logger().removeHandler(watcher)
+        absl_logging.set_verbosity(verbosity)

@@ -105,3 +105,16 @@ def test_reason_finds_the_error_behind_a_beam_worker_failure():
                                              "(a.csv:2, a.csv:9).")
     assert reason(InputError("folder x does not exist\nmore")) == (
         "InputError", "folder x does not exist")
+
+
+def test_watching_hears_absl_and_restores_its_verbosity():
+    from absl import logging as absl_logging
+
+    said = []
+    before = absl_logging.get_verbosity()
+    watcher = progress.StepWatcher(said.append, lambda n: (None, "-", ""), total=1)
+    with progress.watching(watcher):
+        absl_logging.info("Component %s is running.", "Pusher")
+    absl_logging.info("Component %s is finished.", "Pusher")
+    assert len(said) == 1 and said[0].endswith("start  Pusher")
+    assert absl_logging.get_verbosity() == before
