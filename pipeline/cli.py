@@ -4,16 +4,18 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 import sys
+import traceback
 from typing import Optional, Sequence
 
 import yaml
 
 from components.evaluate.config import EvalSettings
-from components.ingest.rows import InputError
 from components.trainer import hparams as hparams_lib
+from pipeline import console
 from pipeline.config import PipelineConfig
-from transforms.spec import SpecError, load_spec
+from transforms.spec import DatasetSpec, SpecError, load_spec
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -48,6 +50,8 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-recall-drop", type=float, default=EvalSettings.max_recall_drop,
                      help="largest allowed absolute drop of overall Recall@50 against the "
                           "latest blessed model (default: %(default)s)")
+    run.add_argument("--verbose", action="store_true",
+                     help="stream the full log (TensorFlow, Beam, absl) to the console too")
     ml = sub.add_parser("movielens", help="fetch MovieLens-1M and write it as a dataset")
     ml.add_argument("--out", default="data/movielens-1m")
     ml.add_argument("--cache", default="data/cache")
@@ -97,26 +101,76 @@ def _eval_settings(args: argparse.Namespace) -> EvalSettings:
         raise SpecError(str(e)) from e
 
 
-def _run(args: argparse.Namespace) -> int:
-    from pipeline import preflight, runner, summary
+def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str
+             ) -> list[PipelineConfig]:
+    """One checked configuration per span to run (``--all-spans``: every span, in order)."""
+    from pipeline import preflight
     from pipeline.config import LOCAL_BEAM_ARGS
 
-    spec = load_spec(args.dataset)
     spans: list[Optional[int]] = [args.span]
     if args.all_spans:
         spans = list(preflight.spans(spec.logs)) or [None]
+    configs = []
     for span in spans:
         preflight.check(spec, span)
-        config = _config(
-            spec=spec, run_root=args.run_root or f"runs/{spec.name}",
+        configs.append(_config(
+            spec=spec, run_root=run_root,
             beam_pipeline_args=tuple(args.beam_arg or LOCAL_BEAM_ARGS),
             enable_cache=not args.no_cache, span=span, hparams=_hparams(args.hparams),
             eval_settings=_eval_settings(args),
             train_variants=() if args.data_only else tuple(
-                v.strip() for v in args.variants.split(",") if v.strip()))
-        runner.run(config, args.runner)
-    print(summary.summarize(config))
-    return 0
+                v.strip() for v in args.variants.split(",") if v.strip())))
+    return configs
+
+
+def _run(args: argparse.Namespace) -> int:
+    """Runs the pipeline with a quiet console: progress lines here, detail in the log."""
+    spec = load_spec(args.dataset)
+    run_root = args.run_root or f"runs/{spec.name}"
+    with console.Console(console.log_path(run_root), verbose=args.verbose) as out:
+        out.say(f"Log: {out.log_path}" + ("" if args.verbose else " (--verbose streams it)"))
+        watcher = None
+        try:
+            from pipeline import figures, progress, results_page, runner, summary
+
+            configs = _configs(args, spec, run_root)
+            for config in configs:
+                if len(configs) > 1:
+                    out.say(f"Span {config.span}:")
+                watcher = progress.StepWatcher(
+                    out.say, lambda node, c=config: figures.describe(c, node),
+                    total=len(summary.node_ids(config)))
+                with progress.watching(watcher):
+                    runner.run(config, args.runner)
+            run = summary.collect(configs[-1])
+            out.say(summary.render(run, page=results_page.write(run)))
+            return 0
+        except Exception as e:  # noqa: BLE001 (every failure is reported, then re-classified)
+            traceback.print_exc()
+            step = watcher.unfinished[-1] if watcher and watcher.unfinished else None
+            kind, message = reason(e)
+            out.say(f"FAILED{' in step ' + step if step else ''}: {kind}: {message}")
+            out.say(f"Full detail: {out.log_path}")
+            return 2 if kind in _USER_ERRORS else 1
+
+
+_ERROR_LINE = re.compile(r"^(?:[\w]+\.)*(\w+(?:Error|Exception)): (.+)$")
+_USER_ERRORS = ("SpecError", "InputError")
+
+
+def reason(error: BaseException) -> tuple[str, str]:
+    """(error type, message) of the innermost error behind ``error``.
+
+    An error raised inside a Beam worker process reaches the runner as a
+    ``RuntimeError`` whose text holds the worker's traceback; the last
+    ``<module>.<Type>: <message>`` line in it names the original error.
+    """
+    text = str(error).strip()
+    found = [m for m in map(_ERROR_LINE.match, text.splitlines()) if m]
+    if not found:
+        return type(error).__name__, (text.splitlines() or [""])[0]
+    kind, message = found[-1].groups()
+    return kind, re.sub(r" \[while running '[^']*'\]$", "", message)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -133,6 +187,8 @@ def main(argv: Sequence[str]) -> int:
         print(synthetic.generate(synthetic.SyntheticConfig(
             n_items=args.items, n_pairs=args.pairs, spans=args.spans, seed=args.seed), args.out))
         return 0
-    except (SpecError, InputError) as e:
+    except Exception as e:  # noqa: BLE001 (re-raised unless it is bad input)
+        if reason(e)[0] not in _USER_ERRORS:
+            raise
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -1,16 +1,19 @@
-"""The run summary printed at the end of ``python -m pipeline run``."""
+"""The run summary: :func:`collect` reads a run root's latest results, :func:`render` words them.
+
+Reading and wording are apart so that the command line can also draw the
+same results as a page (``pipeline.results_page``); nothing here writes files.
+"""
 
 from __future__ import annotations
 
+import dataclasses
 import os
+from typing import Any, Optional
 
 import tensorflow as tf
 
-from components.correlation import report as correlation_report
-from components.evaluate import report as eval_report
-from components.ingest import rows
 from components.join import executor as join_executor
-from pipeline import pipeline, records
+from pipeline import figures, pipeline, records
 from pipeline.config import PipelineConfig
 from transforms import features
 
@@ -18,116 +21,221 @@ LOGS_GEN, CATALOG_GEN, JOIN, TRANSFORM, CORRELATION = (
     "LogsExampleGen", "CatalogExampleGen", "JoinExamples", "Transform", "FeatureCorrelation")
 
 
-def _rejects(props: dict[str, object]) -> str:
-    bad = {k: props.get(k, 0) for k in (rows.MALFORMED, rows.DUPLICATE)}
-    detail = ", ".join(f"{k} {v}" for k, v in bad.items() if v)
-    return f"{sum(bad.values())} rejected" + (f" ({detail})" if detail else "")
+@dataclasses.dataclass(frozen=True)
+class Evaluation:
+    """The Evaluator's verdict and metrics (TFMA's own loaders read them once)."""
+
+    record: records.NodeRecord
+    uri: str
+    blessed: bool
+    failures: list[str]
+    metrics: dict[str, dict[str, float]]
+    has_baseline: bool
 
 
-def _vocab_sizes(transform_graph: str) -> dict[str, int]:
-    assets = os.path.join(transform_graph, "transform_fn", "assets")
-    sizes = {}
-    for name in sorted(tf.io.gfile.listdir(assets)) if tf.io.gfile.exists(assets) else []:
-        with tf.io.gfile.GFile(os.path.join(assets, name)) as f:
-            sizes[name.removeprefix("vocab_")] = sum(1 for _ in f)
-    return sizes
+@dataclasses.dataclass(frozen=True)
+class RunSummary:
+    """Everything the summary and the results page show about a run root.
+
+    Attributes:
+      config: the run's configuration.
+      nodes: record of each node's latest finished execution, by node id.
+      vocabularies: vocabulary name -> size (from the Transform graph).
+      correlation: the FeatureCorrelation document (``correlation.json``).
+      correlation_pngs: the PNG files of the FeatureCorrelation artefact.
+      trainers: (node id, variant) of every Trainer that finished.
+      evaluation: the Evaluator's results, if it ran.
+      pushes: Pusher node id -> its ``pushed_model`` properties.
+      served: model folders under the serving root.
+      steps: wall time of every node's latest execution, in pipeline order.
+    """
+
+    config: PipelineConfig
+    nodes: dict[str, records.NodeRecord]
+    vocabularies: dict[str, int]
+    correlation: Optional[dict[str, Any]]
+    correlation_pngs: list[str]
+    trainers: list[tuple[str, str]]
+    evaluation: Optional[Evaluation]
+    pushes: dict[str, dict[str, object]]
+    served: list[str]
+    steps: list[figures.StepTime]
+
+    @property
+    def wall_seconds(self) -> float:
+        """From the first step's start to the last step's end (ML Metadata times)."""
+        if not self.steps:
+            return 0.0
+        return (max(s.end_ms for s in self.steps) - min(s.start_ms for s in self.steps)) / 1e3
 
 
-def _split_line(props: dict[str, object], split: str) -> str:
+def _trainer_ids(config: PipelineConfig) -> list[tuple[str, str]]:
+    return [("Trainer" if i == 0 else f"Trainer_{v}", v)
+            for i, v in enumerate(config.train_variants)]
+
+
+def node_ids(config: PipelineConfig) -> list[str]:
+    """Every node of the pipeline of ``config``, in pipeline order."""
+    return [c.id for c in pipeline.create_pipeline(config).components]
+
+
+def collect(config: PipelineConfig) -> RunSummary:
+    """Reads the latest results of ``config``'s run root from ML Metadata and artefacts."""
+    store = records.open_store(config.metadata_path)
+    ids = node_ids(config)
+    nodes = {n: r for n in ids if (r := records.latest(store, config.pipeline_name, n))}
+    steps = [t for n in ids if (t := figures.step_time(store, config.pipeline_name, n))]
+    vocabularies, doc, pngs = {}, None, []
+    if TRANSFORM in nodes:
+        vocabularies = figures.vocab_sizes(nodes[TRANSFORM].outputs["transform_graph"][0])
+    if CORRELATION in nodes:
+        from components.correlation import report as correlation_report
+
+        uri = nodes[CORRELATION].outputs["correlation"][0]
+        doc = correlation_report.read(uri)
+        pngs = sorted(tf.io.gfile.glob(os.path.join(uri, "*.png")))
+    served = sorted(os.listdir(config.serving_root)) if os.path.isdir(config.serving_root) \
+        else []
+    return RunSummary(
+        config=config, nodes=nodes, vocabularies=vocabularies, correlation=doc,
+        correlation_pngs=pngs,
+        trainers=[(n, v) for n, v in _trainer_ids(config) if n in nodes],
+        evaluation=_evaluation(nodes.get("Evaluator")),
+        pushes={n: r.properties.get("pushed_model", {}) for n, r in nodes.items()
+                if n.startswith("Pusher_")},
+        served=served, steps=steps)
+
+
+def _evaluation(record: Optional[records.NodeRecord]) -> Optional[Evaluation]:
+    if not record or not record.outputs.get("evaluation"):
+        return None
+    from components.evaluate import report as eval_report
+
+    uri = record.outputs["evaluation"][0]
+    blessed, failures = eval_report.verdict(uri)
+    return Evaluation(record, uri, blessed, failures, eval_report.metrics_by_slice(uri),
+                      eval_report.has_baseline(uri))
+
+
+def split_line(props: dict[str, object], split: str) -> str:
+    """``N (head a / tail b / cold c)`` of one joined split."""
     parts = " / ".join(f"{b} {props.get(f'{split}_{b}', 0)}" for b in features.BUCKETS)
     return f"{props.get(split, 0)} ({parts})"
 
 
-def summarize(config: PipelineConfig) -> str:
-    """Describes the latest results of the run root: where, how many, what was rejected."""
-    store = records.open_store(config.metadata_path)
-    name = config.pipeline_name
+def verdict_line(evaluation: Evaluation) -> str:
+    """The blessing verdict in one sentence."""
+    if evaluation.blessed:
+        return "model BLESSED: passes the Recall@50 floor and " + (
+            "is not worse than the latest blessed model" if evaluation.has_baseline
+            else "no model was blessed before")
+    return "MODEL NOT BLESSED, NOTHING PUSHED: " + "; ".join(evaluation.failures)
+
+
+def push_line(node: str, props: dict[str, object]) -> str:
+    """What one Pusher did."""
+    if props.get("pushed"):
+        return (f"{node}: pushed version {props.get('pushed_version')} -> "
+                f"{props.get('pushed_destination')}")
+    return f"{node}: not pushed (model not blessed)"
+
+
+def commands(summary: RunSummary) -> list[str]:
+    """Shell commands to start the endpoint on the pushed models and TensorBoard."""
+    root = summary.config.serving_root
+    out = []
+    if summary.served:
+        out.append("python -m serving " + " ".join(
+            f"--model {m}={os.path.join(root, m)}" for m in summary.served))
+    if summary.trainers:
+        runs = ",".join(f"{n}:{summary.nodes[n].outputs['model_run'][0]}"
+                        for n, _ in summary.trainers)
+        out.append(f"tensorboard --logdir_spec {runs}")
+    return out
+
+
+def render(summary: RunSummary, page: Optional[str] = None) -> str:
+    """The summary as console text; ``page`` is the results page's path, if written."""
+    config, nodes = summary.config, summary.nodes
     lines = [f"Run root: {os.path.abspath(config.run_root)}",
              f"  artefacts:   {config.pipeline_root}",
              f"  ML Metadata: {config.metadata_path}"]
-    for node, label in ((LOGS_GEN, "logs"), (CATALOG_GEN, "catalog")):
-        record = records.latest(store, name, node)
-        if record:
-            props = record.properties["examples"]
-            span = f" span {props.get('span')}" if label == "logs" and "span" in props else ""
-            lines.append(f"Ingested {label}{span}: {props.get('rows_ok', 0)} rows, "
-                         f"{_rejects(props)} [{record.state}] -> {record.outputs['examples'][0]}")
-    join = records.latest(store, name, JOIN)
-    if join:
-        props = join.properties[join_executor.EXAMPLES_KEY]
-        lines += [
-            f"Joined [{join.state}] -> {join.outputs[join_executor.EXAMPLES_KEY][0]}",
-            f"  items (catalog): {_split_line(props, features.CATALOG_SPLIT)}",
-            f"  pairs train:     {_split_line(props, features.TRAIN_SPLIT)}",
-            f"  pairs eval:      {_split_line(props, features.EVAL_SPLIT)}",
-            f"  log rows rejected, item not in catalog: {props.get('rejected_unknown_item', 0)}",
-            "  (head = top 10% of items seen in training by frequency; cold = unseen)",
-        ]
-    transform = records.latest(store, name, TRANSFORM)
-    if transform:
-        graph = transform.outputs["transform_graph"][0]
-        sizes = ", ".join(f"{k} {v}" for k, v in _vocab_sizes(graph).items())
-        lines += [f"Transform [{transform.state}] -> {graph}", f"  vocabularies: {sizes}"]
-    correlation = records.latest(store, name, CORRELATION)
-    if correlation:
-        uri = correlation.outputs["correlation"][0]
-        doc = correlation_report.read(uri)
-        lines += [f"Feature correlations [{correlation.state}] -> {uri}",
-                  f"  heat map: {os.path.join(uri, correlation_report.PNG_FILE)}",
-                  f"  CFM groups ({doc['weighting']} weighting, masked set of "
-                  f"{doc['n_masked']} of {len(doc['features'])} features):"]
-        lines += [f"    {line}" for line in correlation_report.describe_groups(doc)]
-    for i, variant in enumerate(config.train_variants):
-        node = "Trainer" if i == 0 else f"Trainer_{variant}"
-        trainer = records.latest(store, name, node)
-        if trainer:
-            lines += [f"{node} ({variant}) [{trainer.state}] -> {trainer.outputs['model'][0]}",
-                      f"  TensorBoard: {trainer.outputs['model_run'][0]}"]
-    index = records.latest(store, name, "IndexBuilder")
-    if index:
+    lines += _data_lines(summary)
+    for node, variant in summary.trainers:
+        lines += [f"{node} ({variant}) [{nodes[node].state}] -> {nodes[node].outputs['model'][0]}",
+                  f"  TensorBoard: {nodes[node].outputs['model_run'][0]}"]
+    if "IndexBuilder" in nodes:
+        index = nodes["IndexBuilder"]
         props = index.properties["scann_model"]
         recall = {k: v for k, v in props.items() if k.startswith("recall_at_")}
         lines.append(f"IndexBuilder [{index.state}] -> {index.outputs['scann_model'][0]} "
                      f"({props.get('items')} items, ScaNN {recall} vs brute force)")
-    lines += _evaluation(store, config)
-    if os.path.isdir(config.serving_root):
-        served = sorted(os.listdir(config.serving_root))
-        lines += [f"Serving folders (newest pushed versions): {config.serving_root} {served}",
-                  "  start the endpoint: python -m serving " + " ".join(
-                      f"--model {m}={os.path.join(config.serving_root, m)}" for m in served)]
+    lines += _evaluation_lines(summary)
+    if summary.served:
+        lines.append(f"Serving folders (newest pushed versions): {config.serving_root} "
+                     f"{summary.served}")
+    lines += [f"  start: {c}" for c in commands(summary)]
+    lines += _time_lines(summary)
+    if page:
+        lines.append(f"results page: {page}")
     return "\n".join(lines)
 
 
-def _evaluation(store: object, config: PipelineConfig) -> list[str]:
-    """Evaluator verdict, metric table by slice, results page, and what was pushed."""
-    name = config.pipeline_name
-    evaluator = records.latest(store, name, "Evaluator")
-    if not evaluator or not evaluator.outputs.get("evaluation"):
-        return []
-    uri = evaluator.outputs["evaluation"][0]
-    blessed, failures = eval_report.verdict(uri)
-    metrics = eval_report.metrics_by_slice(uri)
-    page = eval_report.write_page(uri, metrics, os.path.join(
-        os.path.abspath(config.run_root), "results"), blessed, failures)
-    lines = [f"Evaluator [{evaluator.state}] -> {uri}"]
-    if blessed:
-        lines.append("  model BLESSED: passes the Recall@50 floor and " + (
-            "is not worse than the latest blessed model" if eval_report.has_baseline(uri)
-            else "no model was blessed before"))
-    else:
-        lines.append("  MODEL NOT BLESSED, NOTHING PUSHED: " + "; ".join(failures))
-    lines += [f"  {row}" for row in eval_report.table(metrics)]
-    lines.append(f"  results page: {page}")
-    for served in pipeline.served_names(config):
-        node = f"Pusher_{served}"
-        pusher = records.latest(store, name, node)
-        if not pusher:
-            continue
-        props = pusher.properties.get("pushed_model", {})
-        if props.get("pushed"):
-            lines.append(f"{node}: pushed version {props.get('pushed_version')} -> "
-                         f"{props.get('pushed_destination')}")
-        else:
-            lines.append(f"{node}: not pushed (model not blessed)")
+def _data_lines(summary: RunSummary) -> list[str]:
+    nodes, lines = summary.nodes, []
+    for node, label in ((LOGS_GEN, "logs"), (CATALOG_GEN, "catalog")):
+        if node in nodes:
+            props = nodes[node].properties["examples"]
+            span = f" span {props.get('span')}" if label == "logs" and "span" in props else ""
+            lines.append(f"Ingested {label}{span}: {props.get('rows_ok', 0)} rows, "
+                         f"{figures.rejects(props)} [{nodes[node].state}] -> "
+                         f"{nodes[node].outputs['examples'][0]}")
+    if JOIN in nodes:
+        join = nodes[JOIN]
+        props = join.properties[join_executor.EXAMPLES_KEY]
+        lines += [
+            f"Joined [{join.state}] -> {join.outputs[join_executor.EXAMPLES_KEY][0]}",
+            f"  items (catalog): {split_line(props, features.CATALOG_SPLIT)}",
+            f"  pairs train:     {split_line(props, features.TRAIN_SPLIT)}",
+            f"  pairs eval:      {split_line(props, features.EVAL_SPLIT)}",
+            f"  log rows rejected, item not in catalog: {props.get('rejected_unknown_item', 0)}",
+            "  (head = top 10% of items seen in training by frequency; cold = unseen)"]
+    if TRANSFORM in nodes:
+        sizes = ", ".join(f"{k} {v}" for k, v in summary.vocabularies.items())
+        lines += [f"Transform [{nodes[TRANSFORM].state}] -> "
+                  f"{nodes[TRANSFORM].outputs['transform_graph'][0]}",
+                  f"  vocabularies: {sizes}"]
+    if summary.correlation is not None:
+        from components.correlation import report as correlation_report
+
+        doc, record = summary.correlation, nodes[CORRELATION]
+        lines += [f"Feature correlations [{record.state}] -> "
+                  f"{record.outputs['correlation'][0]}",
+                  *(f"  heat map: {png}" for png in summary.correlation_pngs),
+                  f"  CFM groups ({doc['weighting']} weighting, masked set of "
+                  f"{doc['n_masked']} of {len(doc['features'])} features):"]
+        lines += [f"    {line}" for line in correlation_report.describe_groups(doc)]
     return lines
 
+
+def _evaluation_lines(summary: RunSummary) -> list[str]:
+    evaluation = summary.evaluation
+    if evaluation is None:
+        return []
+    from components.evaluate import report as eval_report
+
+    lines = [f"Evaluator [{evaluation.record.state}] -> {evaluation.uri}",
+             f"  {verdict_line(evaluation)}"]
+    lines += [f"  {row}" for row in eval_report.table(evaluation.metrics)]
+    lines += [push_line(node, props) for node, props in summary.pushes.items()]
+    return lines
+
+
+def _time_lines(summary: RunSummary) -> list[str]:
+    if not summary.steps:
+        return []
+    total = sum(s.seconds for s in summary.steps)
+    slowest = sorted(summary.steps, key=lambda s: -s.seconds)[:5]
+    return [f"Step times (ML Metadata): {total:.0f} s in steps, {summary.wall_seconds:.0f} s "
+            f"from first start to last end; slowest: " + ", ".join(
+                f"{s.node_id} {s.seconds:.0f} s" for s in slowest)]

@@ -28,7 +28,7 @@ from components.evaluate.metrics import (
     positive_ranks,
     recall_at_k,
 )
-from pipeline import records, summary
+from pipeline import records, results_page, summary
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import evaluation, pusher
 from tests.conftest import tiny_spec
@@ -129,6 +129,12 @@ def _run(config: PipelineConfig, examples_dir: str, model_dir: str) -> None:
             config.metadata_path)))
 
 
+def _summary(config: PipelineConfig) -> str:
+    """The run summary, with the results page written as the CLI writes it."""
+    run = summary.collect(config)
+    return summary.render(run, page=results_page.write(run))
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
     root = tmp_path_factory.mktemp("evaluate")
@@ -146,7 +152,7 @@ def runs(tmp_path_factory):
         out[label] = {"evaluation": evaluator.outputs["evaluation"][0],
                       "blessed": evaluator.properties["blessing"].get("blessed"),
                       "pushed": push.properties["pushed_model"].get("pushed"),
-                      "summary": summary.summarize(config)}
+                      "summary": _summary(config)}
     return out
 
 
@@ -208,6 +214,8 @@ def test_results_page_written(runs):
     text = open(page).read()
     assert "NOT BLESSED" in text and "item_bucket=tail" in text
     assert os.path.getsize(os.path.join(os.path.dirname(page), report.CHART)) > 1000
+    index = open(os.path.join(os.path.dirname(page), results_page.PAGE)).read()
+    assert "MODEL NOT BLESSED, NOTHING PUSHED" in index and "not pushed" in index
 
 
 def test_numpy_reference_metrics_by_hand():

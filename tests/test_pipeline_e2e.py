@@ -12,6 +12,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -67,7 +68,7 @@ def _env():
 
 def _run(cmd):
     done = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-5000:]
+    assert done.returncode == 0, done.stderr[-5000:] + done.stdout[-3000:]
     return done.stdout
 
 
@@ -177,6 +178,38 @@ def _check_evaluation(store, out):
     assert "model BLESSED" in out and "item_bucket=tail" in out and "results page:" in out
 
 
+def _check_console(out, nodes):
+    """One start and one end line per step on the console; no log noise there."""
+    for node in nodes:
+        assert re.search(rf" start  {node}$", out, re.MULTILINE), node
+        assert re.search(rf" done   {node} ", out), node
+    assert "Traceback" not in out and "Warning:" not in out and "tensorflow/" not in out
+
+
+def _check_results_page(run_root, out, n_trainers, newest_push):
+    """Every section of the results page is there and every image decodes."""
+    import matplotlib.image
+
+    from pipeline import results_page
+
+    page = os.path.join(run_root, "results", results_page.PAGE)
+    assert f"results page: {page}" in out
+    with open(page, encoding="utf-8") as f:
+        text = f.read()
+    for section in results_page.SECTIONS:
+        assert f'<section id="{section}">' in text, section
+    images = re.findall(r'<img src="([^"]+)"', text)
+    assert any(i.startswith("correlation_") for i in images), images
+    assert sum(i.startswith("training_") for i in images) == n_trainers, images
+    assert "recall_by_slice.png" in images
+    for image in images:
+        pixels = matplotlib.image.imread(os.path.join(os.path.dirname(page), image))
+        assert pixels.shape[0] > 50 and pixels.shape[1] > 50, image
+    assert "model BLESSED" in text and f"<td>{newest_push}</td>" in text
+    assert "python -m serving --model ssl4rec=" in text and "tensorboard --logdir_spec" in text
+    assert "recall_at_100" in text and "item_bucket=tail" in text
+
+
 def _kill_when_started(cmd, marker, log_path, timeout_s=600):
     with open(log_path, "w") as log:
         proc = subprocess.Popen(cmd, env=_env(), stdout=log, stderr=subprocess.STDOUT,
@@ -276,6 +309,8 @@ def test_data_half_end_to_end(tmp_path):
     assert "model BLESSED" in out
     pushed = os.listdir(os.path.join(run_root, "serving", "ssl4rec"))
     assert len(pushed) == 3, pushed    # runs 1, 3 (re-evaluated) and 4
+    _check_console(out, DATA_NODES + [f"Trainer_{v}" for v in VARIANTS[1:]])
+    _check_results_page(run_root, out, len(VARIANTS), max(pushed, key=int))
     for i, variant in enumerate(VARIANTS):
         node = "Trainer" if i == 0 else f"Trainer_{variant}"
         record = records.latest(store, NAME, node)

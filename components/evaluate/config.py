@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-
-import tensorflow_model_analysis as tfma
+from typing import TYPE_CHECKING
 
 from transforms import features
 from transforms.spec import DatasetSpec
+
+if TYPE_CHECKING:
+    import tensorflow_model_analysis as tfma
 
 SIGNATURE = "evaluate"
 KS = (10, 50)
@@ -50,7 +52,11 @@ def eval_config(spec: DatasetSpec, settings: EvalSettings) -> tfma.EvalConfig:
     """Recall@K, MAP@K and example counts, sliced, with blessing thresholds.
 
     ``settings.slice_features`` are checked against the spec by ``PipelineConfig``.
+    TFMA is imported here, not at module load, so that the command line can
+    route its start-up output to the run's log first.
     """
+    import tensorflow_model_analysis as tfma
+
     metrics = [tfma.MetricConfig(class_name="ExampleCount")]
     for k in KS:
         gate = []

@@ -1,0 +1,108 @@
+"""The CLI's console on a real run: progress lines only; the detail is in the log.
+
+Runs ``python -m pipeline run`` as a subprocess with BeamDagRunner and the
+DirectRunner in multi-processing mode (Beam workers are subprocesses whose
+output must reach the log, not the console).
+"""
+
+import csv
+import json
+import os
+import re
+import subprocess
+import sys
+
+import pytest
+
+from pipeline import summary
+from pipeline.config import PipelineConfig
+from pipeline.datasets import synthetic
+from transforms.spec import load_spec
+
+pytestmark = pytest.mark.slow
+
+HPARAMS = json.dumps({"train_steps": 20, "steps_per_epoch": 10, "batch_size": 32,
+                      "ssl_batch_size": 32, "hidden_units": [16], "embedding_dim": 8,
+                      "share_towers": False, "learning_rate": 0.1})
+BEAM = ["--beam-arg=--direct_running_mode=multi_processing",
+        "--beam-arg=--direct_num_workers=2"]
+# TensorFlow's C++ logging ("2026-01-01 10:00:00.123456: I tensorflow/...",
+# "I0000 00:00:...") and Python's warnings / tracebacks / logging.
+TF_CPP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |[IWEF]\d{4} \d\d:\d\d:\d\d)")
+NOISE = re.compile(r"Warning:|Traceback|Exception ignored|^(WARNING|INFO|ERROR):|^\s+File \"")
+
+
+def _cli(spec_path, run_root, *extra):
+    cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec_path, "--run-root",
+           run_root, *BEAM, *extra]
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONHASHSEED="0")
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
+
+
+def _assert_quiet(lines):
+    for line in lines:
+        assert not TF_CPP.search(line), f"TensorFlow C++ log line on the console: {line}"
+        assert not NOISE.search(line), f"warning or traceback on the console: {line}"
+
+
+def test_console_shows_progress_and_the_log_holds_the_detail(tmp_path):
+    data, run_root = str(tmp_path / "data"), str(tmp_path / "run")
+    spec_path = synthetic.generate(
+        synthetic.SyntheticConfig(n_items=200, n_pairs=1500, spans=1, seed=1), data)
+    done = _cli(spec_path, run_root, "--runner", "beam", "--hparams", HPARAMS)
+    lines = done.stdout.splitlines()
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.stderr == ""
+    _assert_quiet(lines)
+
+    log_path = lines[0].split()[1]
+    assert lines[0].startswith("Log: ") and log_path.startswith(run_root)
+    config = PipelineConfig(spec=load_spec(spec_path), run_root=run_root,
+                            hparams=json.loads(HPARAMS))
+    nodes = summary.node_ids(config)
+    for node in nodes:
+        assert sum(re.search(rf" start  {node}$", line) is not None for line in lines) == 1, node
+        assert sum(re.search(rf" done   {node} ", line) is not None for line in lines) == 1, node
+
+    # Key figures, checked against the inputs and the serving folder.
+    with open(os.path.join(data, "logs", "span-1", "pairs.csv")) as f:
+        n_pairs = sum(1 for _ in csv.reader(f)) - 1
+    ingest = next(line for line in lines if " done   LogsExampleGen " in line)
+    assert f" {n_pairs} rows, 0 rejected" in ingest
+    pushed = os.listdir(os.path.join(run_root, "serving", "ssl4rec"))
+    push = next(line for line in lines if " done   Pusher_ssl4rec " in line)
+    assert push.endswith(f"pushed version {pushed[0]}")
+    assert re.search(r" done   Trainer .* loss \d+\.\d{4} after 20 steps$", done.stdout,
+                     re.MULTILINE)
+    assert "Step times (ML Metadata):" in done.stdout
+    assert f"results page: {os.path.join(run_root, 'results', 'index.html')}" in done.stdout
+
+    with open(log_path) as f:
+        log = f.read()
+    assert sum(bool(TF_CPP.search(line)) for line in log.splitlines()) > 5
+    # TensorFlow starts in this process and in each Beam worker process.
+    assert log.count("oneDNN custom operations are on") > 1
+    for node in nodes:
+        assert (f"node {node} is running." in log and f"node {node} is finished." in log), node
+    assert "[console] " + lines[-1] in log
+
+
+def test_a_failing_step_is_named_with_its_reason_and_the_log(tmp_path):
+    data, run_root = str(tmp_path / "data"), str(tmp_path / "run")
+    spec_path = synthetic.generate(
+        synthetic.SyntheticConfig(n_items=50, n_pairs=200, spans=1, seed=1), data)
+    with open(os.path.join(data, "catalog", "items.csv")) as f:
+        duplicate = f.read().splitlines()[1]
+    with open(os.path.join(data, "catalog", "items.csv"), "a") as f:
+        f.write(duplicate + "\n")
+    done = _cli(spec_path, run_root, "--data-only")
+    lines = done.stdout.splitlines()
+    assert done.returncode != 0, done.stdout + done.stderr
+    _assert_quiet(lines)
+    failed = next(line for line in lines if line.startswith("FAILED"))
+    assert failed.startswith("FAILED in step CatalogExampleGen: ")
+    assert "appears 2 times" in done.stdout
+    log_path = lines[0].split()[1]
+    assert lines[-1] == f"Full detail: {log_path}"
+    with open(log_path) as f:
+        assert "Traceback (most recent call last)" in f.read()
