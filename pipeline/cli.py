@@ -11,6 +11,7 @@ from typing import Optional, Sequence
 
 import yaml
 
+from components.correlation.settings import CorrelationSettings
 from components.evaluate.config import EvalSettings
 from components.trainer import hparams as hparams_lib
 from pipeline import console
@@ -50,6 +51,9 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-recall-drop", type=float, default=EvalSettings.max_recall_drop,
                      help="largest allowed absolute drop of overall Recall@50 against the "
                           "latest blessed model (default: %(default)s)")
+    run.add_argument("--correlation-measure", choices=("ami", "nmi"), default="ami",
+                     help="dependence measure forming the CFM groups: adjusted MI "
+                          "(chance-corrected, default) or plug-in NMI")
     run.add_argument("--verbose", action="store_true",
                      help="stream the full log (TensorFlow, Beam, absl) to the console too")
     ml = sub.add_parser("movielens", help="fetch MovieLens-1M and write it as a dataset")
@@ -61,6 +65,9 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--pairs", type=int, default=20000)
     syn.add_argument("--spans", type=int, default=1)
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--rich", action="store_true",
+                     help="the feature-rich latent-factor benchmark (pipeline/datasets/rich.py; "
+                          "--spans is ignored)")
     return parser
 
 
@@ -118,6 +125,7 @@ def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str
             beam_pipeline_args=tuple(args.beam_arg or LOCAL_BEAM_ARGS),
             enable_cache=not args.no_cache, span=span, hparams=_hparams(args.hparams),
             eval_settings=_eval_settings(args),
+            correlation=CorrelationSettings(measure=args.correlation_measure),
             train_variants=() if args.data_only else tuple(
                 v.strip() for v in args.variants.split(",") if v.strip())))
     return configs
@@ -182,6 +190,11 @@ def main(argv: Sequence[str]) -> int:
         if args.command == "movielens":
             from pipeline.datasets import movielens
             print(movielens.prepare(args.out, args.cache))
+            return 0
+        if args.rich:
+            from pipeline.datasets import rich
+            print(rich.generate(rich.RichConfig(
+                n_items=args.items, n_pairs=args.pairs, seed=args.seed), args.out))
             return 0
         from pipeline.datasets import synthetic
         print(synthetic.generate(synthetic.SyntheticConfig(

@@ -6,7 +6,7 @@ import dataclasses
 import os
 from typing import Optional
 
-from components.correlation.component import CorrelationSettings
+from components.correlation.settings import CorrelationSettings
 from components.evaluate.config import EvalSettings
 from components.index.search import IndexConfig
 from components.trainer import hparams

@@ -10,7 +10,7 @@ import tensorflow as tf
 
 from components.ingest import rows
 from components.join import executor as join_executor
-from pipeline import curves, records
+from pipeline import curves, nodes, records
 from pipeline.config import PipelineConfig
 from transforms import features
 
@@ -95,10 +95,10 @@ def key_figure(record: records.NodeRecord, config: PipelineConfig) -> str:
         loss = final_loss(record.outputs["model_run"][0])
         steps = hparams.from_dict(config.hparams).train_steps
         return f"loss {loss:.4f} after {steps} steps" if loss is not None else f"{steps} steps"
-    if node == "IndexBuilder":
+    if node == nodes.INDEX:
         recall = {k: v for k, v in props["scann_model"].items() if k.startswith("recall_at_")}
         return ", ".join(f"ScaNN {k} {v:.3f}" for k, v in recall.items()) + " vs brute force"
-    if node == "Evaluator":
+    if node == nodes.EVALUATOR:
         return _evaluator_figure(record)
     if node.startswith("Pusher"):
         p = props.get("pushed_model", {})

@@ -11,7 +11,7 @@ import os
 import shutil
 
 from components.join import executor as join_executor
-from pipeline import curves, figures
+from pipeline import curves, figures, nodes
 from pipeline import summary as summary_lib
 from pipeline.summary import RunSummary
 from transforms import features
@@ -72,9 +72,10 @@ def _data(run: RunSummary, out: str) -> tuple[str, str]:
         content += _table(["split", "rows", *features.BUCKETS], [
             [split, props.get(split, 0), *(props.get(f"{split}_{b}", 0) for b in features.BUCKETS)]
             for split in (features.CATALOG_SPLIT, features.TRAIN_SPLIT, features.EVAL_SPLIT)])
+        head = f"{run.config.spec.head_fraction:.0%}"
         content += (f"<p>Log rows rejected, item not in catalog: "
-                    f"{props.get('rejected_unknown_item', 0)}. Head = top 10% of items seen in "
-                    "training by frequency; cold = never seen in training.</p>\n")
+                    f"{props.get('rejected_unknown_item', 0)}. Head = top {head} of items "
+                    "seen in training by frequency; cold = never seen in training.</p>\n")
     if run.vocabularies:
         content += _table(["vocabulary", "size"], [[k, v] for k, v in run.vocabularies.items()])
     return "Data", content
@@ -110,9 +111,9 @@ def _training(run: RunSummary, out: str) -> tuple[str, str]:
 
 
 def _index(run: RunSummary, out: str) -> tuple[str, str]:
-    if "IndexBuilder" not in run.nodes:
-        return "Retrieval index", _missing("IndexBuilder")
-    props = run.nodes["IndexBuilder"].properties["scann_model"]
+    if nodes.INDEX not in run.nodes:
+        return "Retrieval index", _missing(nodes.INDEX)
+    props = run.nodes[nodes.INDEX].properties["scann_model"]
     rows = [[k, f"{v:.4f}"] for k, v in sorted(props.items()) if k.startswith("recall_at_")]
     return "Retrieval index", (f"<p>{props.get('items')} items. ScaNN's recall against "
                                "brute-force search on eval queries:</p>"
@@ -122,7 +123,7 @@ def _index(run: RunSummary, out: str) -> tuple[str, str]:
 def _evaluation(run: RunSummary, out: str) -> tuple[str, str]:
     evaluation = run.evaluation
     if evaluation is None:
-        return "Evaluation", _missing("Evaluator")
+        return "Evaluation", _missing(nodes.EVALUATOR)
     from components.evaluate import report as eval_report
 
     eval_report.write_page(evaluation.uri, evaluation.metrics, out, evaluation.blessed,
@@ -137,7 +138,7 @@ def _evaluation(run: RunSummary, out: str) -> tuple[str, str]:
 
 def _blessing(run: RunSummary, out: str) -> tuple[str, str]:
     if run.evaluation is None:
-        return "Blessing", _missing("Evaluator")
+        return "Blessing", _missing(nodes.EVALUATOR)
     return "Blessing", f"<p><strong>{html.escape(summary_lib.verdict_line(run.evaluation))}" \
                        "</strong></p>\n"
 

@@ -14,11 +14,13 @@ import tensorflow as tf
 
 from components.join import executor as join_executor
 from pipeline import figures, pipeline, records
+from pipeline import nodes as nodes_lib
 from pipeline.config import PipelineConfig
 from transforms import features
 
 LOGS_GEN, CATALOG_GEN, JOIN, TRANSFORM, CORRELATION = (
-    "LogsExampleGen", "CatalogExampleGen", "JoinExamples", "Transform", "FeatureCorrelation")
+    nodes_lib.LOGS_EXAMPLE_GEN, nodes_lib.CATALOG_EXAMPLE_GEN, nodes_lib.JOIN, nodes_lib.TRANSFORM,
+    nodes_lib.CORRELATION)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -70,8 +72,7 @@ class RunSummary:
 
 
 def _trainer_ids(config: PipelineConfig) -> list[tuple[str, str]]:
-    return [("Trainer" if i == 0 else f"Trainer_{v}", v)
-            for i, v in enumerate(config.train_variants)]
+    return [(nodes_lib.trainer(v, first=i == 0), v) for i, v in enumerate(config.train_variants)]
 
 
 def node_ids(config: PipelineConfig) -> list[str]:
@@ -100,9 +101,9 @@ def collect(config: PipelineConfig) -> RunSummary:
         config=config, nodes=nodes, vocabularies=vocabularies, correlation=doc,
         correlation_pngs=pngs,
         trainers=[(n, v) for n, v in _trainer_ids(config) if n in nodes],
-        evaluation=_evaluation(nodes.get("Evaluator")),
+        evaluation=_evaluation(nodes.get(nodes_lib.EVALUATOR)),
         pushes={n: r.properties.get("pushed_model", {}) for n, r in nodes.items()
-                if n.startswith("Pusher_")},
+                if n.startswith(nodes_lib.pusher(""))},
         served=served, steps=steps)
 
 
@@ -164,8 +165,8 @@ def render(summary: RunSummary, page: Optional[str] = None) -> str:
     for node, variant in summary.trainers:
         lines += [f"{node} ({variant}) [{nodes[node].state}] -> {nodes[node].outputs['model'][0]}",
                   f"  TensorBoard: {nodes[node].outputs['model_run'][0]}"]
-    if "IndexBuilder" in nodes:
-        index = nodes["IndexBuilder"]
+    if nodes_lib.INDEX in nodes:
+        index = nodes[nodes_lib.INDEX]
         props = index.properties["scann_model"]
         recall = {k: v for k, v in props.items() if k.startswith("recall_at_")}
         lines.append(f"IndexBuilder [{index.state}] -> {index.outputs['scann_model'][0]} "
@@ -199,7 +200,8 @@ def _data_lines(summary: RunSummary) -> list[str]:
             f"  pairs train:     {split_line(props, features.TRAIN_SPLIT)}",
             f"  pairs eval:      {split_line(props, features.EVAL_SPLIT)}",
             f"  log rows rejected, item not in catalog: {props.get('rejected_unknown_item', 0)}",
-            "  (head = top 10% of items seen in training by frequency; cold = unseen)"]
+            f"  (head = top {summary.config.spec.head_fraction:.0%} of items seen in training by "
+            "frequency; cold = unseen)"]
     if TRANSFORM in nodes:
         sizes = ", ".join(f"{k} {v}" for k, v in summary.vocabularies.items())
         lines += [f"Transform [{nodes[TRANSFORM].state}] -> "

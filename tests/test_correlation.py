@@ -233,7 +233,7 @@ def test_feature_missing_from_catalog_examples_is_an_error(tmp_path):
 
 
 def test_settings_are_validated_once_naming_the_setting():
-    from components.correlation.component import CorrelationSettings
+    from components.correlation.settings import CorrelationSettings
 
     assert CorrelationSettings().measure == "ami"
     for kwargs, message in (({"weighting": "clicks"}, "weighting must be one of"),

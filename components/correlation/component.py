@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import dataclasses
+from typing import Optional
 
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
@@ -10,7 +10,8 @@ from tfx.types import channel, standard_artifacts
 from tfx.types.artifact import Artifact
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.correlation import estimator, executor
+from components.correlation import executor
+from components.correlation.settings import CorrelationSettings
 from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_to_json
 
 
@@ -33,37 +34,6 @@ class FeatureCorrelationSpec(types.ComponentSpec):
     OUTPUTS = {executor.CORRELATION_KEY: ChannelParameter(type=FeatureCorrelations)}
 
 
-@dataclasses.dataclass(frozen=True)
-class CorrelationSettings:
-    """How FeatureCorrelation counts and groups; validated here, once.
-
-    Attributes:
-      weighting: ``items`` (each catalog item once, the default: matches the
-        uniform SSL distribution) or ``train_frequency`` (items weighted by
-        their training count; cold items drop out).
-      max_values: features with more distinct values are hashed into this
-        many buckets (bias: MI is underestimated for them).
-      measure: the dependence measure that ranks and groups the features:
-        ``ami`` (adjusted MI, chance-corrected; the default) or ``nmi``
-        (plug-in MI / max entropy). The artefact records both.
-    """
-
-    weighting: str = "items"
-    max_values: int = 10_000
-    measure: str = "ami"
-
-    def __post_init__(self) -> None:
-        """Rejects values outside their choices or range, naming the setting."""
-        if self.weighting not in executor.WEIGHTINGS:
-            raise ValueError(f"correlation weighting must be one of {executor.WEIGHTINGS}, "
-                             f"got {self.weighting!r}.")
-        if self.max_values < 2:
-            raise ValueError(f"correlation max_values must be >= 2, got {self.max_values}.")
-        if self.measure not in estimator.MEASURES:
-            raise ValueError(f"correlation measure must be one of {estimator.MEASURES}, "
-                             f"got {self.measure!r}.")
-
-
 class FeatureCorrelation(base_beam_component.BaseBeamComponent):
     """Computes MI between every pair of item features over the catalog split.
 
@@ -77,8 +47,9 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
     EXECUTOR_SPEC = executor_spec.BeamExecutorSpec(executor.Executor)
 
     def __init__(self, spec: DatasetSpec, examples: types.BaseChannel,
-                 settings: CorrelationSettings = CorrelationSettings()) -> None:
-        """Builds the component."""
+                 settings: Optional[CorrelationSettings] = None) -> None:
+        """Builds the component (default settings when None)."""
+        settings = settings or CorrelationSettings()
         super().__init__(spec=FeatureCorrelationSpec(
             **{SPEC_PARAMETER: spec_to_json(spec)},
             weighting=settings.weighting, max_values=settings.max_values,

@@ -21,7 +21,6 @@ CORRELATION_KEY = "correlation"
 WEIGHTING_KEY = "weighting"
 MAX_VALUES_KEY = "max_values"
 MEASURE_KEY = "measure"
-WEIGHTINGS = ("items", "train_frequency")
 
 
 class MissingFeatureError(ValueError):
