@@ -44,14 +44,17 @@ def _depth(value: Any, limit: int) -> int:
 def loads(body: bytes, max_depth: int) -> Any:
     """Parses a request body; JSON nested deeper than ``max_depth`` is refused.
 
-    Brackets are counted on the raw bytes first (vectorized); only a body
-    whose count exceeds the cap (brackets inside strings count there) is
-    parsed and measured exactly. The parser itself is not recursive in
+    Brackets are counted on the raw bytes first (their number, then, if
+    that is over the cap, the running depth, vectorized); only a body whose
+    count exceeds the cap (brackets inside strings count there) is measured
+    exactly once parsed. The parser itself is not recursive in
     Python, so no body can exhaust the interpreter's stack.
     """
-    raw = np.frombuffer(body, np.uint8)
-    steps = np.isin(raw, _OPEN).astype(np.int32) - np.isin(raw, _CLOSE)
-    bound = int(np.cumsum(steps).max()) if len(steps) else 0
+    bound = body.count(b"[") + body.count(b"{")
+    if bound > max_depth:
+        raw = np.frombuffer(body, np.uint8)
+        steps = np.isin(raw, _OPEN).astype(np.int32) - np.isin(raw, _CLOSE)
+        bound = int(np.cumsum(steps).max())
     try:
         value = orjson.loads(body)
     except orjson.JSONDecodeError as e:
