@@ -17,7 +17,8 @@ signature's own time in process (``model_call_p50_ms``). The ScaNN export is
 also measured with batching off (``max_batch_size`` 1). Last, a version swap
 under load: version 2 (the brute-force export) is pushed into the served
 folder while 32 clients run; every answer must be a 200 equal to version 1's
-or version 2's answer for that request, computed in process.
+(ScaNN: up to its batch-dependent approximation, see ``_same``) or version
+2's (exact) answer for that request, computed in process.
 
 Run from the repository root: ``python benchmarks/serving.py``.
 """
@@ -186,9 +187,21 @@ def endpoint_case(base: str, name: str, bodies_file: str, prefix: str, seconds: 
     return values
 
 
-def _same(answer: dict, expected: dict) -> bool:
-    return answer["item_ids"] == expected["item_ids"] and np.allclose(
-        answer["scores"], expected["scores"], rtol=1e-4, atol=1e-5)
+def _same(answer: dict, expected: dict, exact: bool) -> bool:
+    """Whether ``answer`` is the ``expected`` top-K (``exact``) or ScaNN's near-equal one.
+
+    ScaNN's answer to a query can change slightly with the batch it runs in
+    (a candidate or two near the cut-off); so an approximate answer must
+    share 95% of its ids with the expected one, with equal scores for them.
+    """
+    ids, want = answer["item_ids"], expected["item_ids"]
+    if exact or ids == want:
+        return ids == want and np.allclose(answer["scores"], expected["scores"], rtol=1e-4,
+                                           atol=1e-5)
+    scores = dict(zip(want, expected["scores"]))
+    shared = [(s, scores[i]) for i, s in zip(ids, answer["scores"]) if i in scores]
+    return len(ids) == len(want) and len(shared) >= 0.95 * len(want) and np.allclose(
+        *zip(*shared), rtol=1e-4, atol=1e-5)
 
 
 def swap_case(scann_base: str, brute_base: str, bodies: list[bytes], bodies_file: str,
@@ -220,7 +233,7 @@ def swap_case(scann_base: str, brute_base: str, bodies: list[bytes], bodies_file
             if row["status"] != 200:
                 continue
             answer = row["answer"]["predictions"][0]
-            match = [_same(answer, expected[v][row["body"]]) for v in (1, 2)]
+            match = [_same(answer, expected[v][row["body"]], exact=v == 2) for v in (1, 2)]
             counts[{(True, False): "version_1_only", (False, True): "version_2_only",
                     (True, True): "both", (False, False): "neither"}[tuple(match)]] += 1
     shutil.rmtree(work)

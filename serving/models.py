@@ -12,6 +12,7 @@ stay addressable by ``/versions/<n>``.
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -148,9 +149,18 @@ class ModelManager:
         self._thread: Optional[threading.Thread] = None
 
     def refresh(self) -> None:
-        """Loads new versions of every model now."""
+        """Loads new versions of every model now.
+
+        The objects a load leaves behind are then frozen out of the garbage
+        collector's reach (``gc.freeze``): the interpreter holds millions of
+        TensorFlow objects, and a full collection walking them all would
+        stall every request for tens of milliseconds.
+        """
+        before = {name: model.versions() for name, model in self.models.items()}
         for model in self.models.values():
             model.refresh()
+        if any(model.versions() != before[name] for name, model in self.models.items()):
+            gc.freeze()
 
     def get(self, name: str) -> ServedModel:
         """The served model called ``name``."""
