@@ -33,6 +33,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
@@ -204,6 +205,11 @@ def _same(answer: dict, expected: dict, exact: bool) -> bool:
         *zip(*shared), rtol=1e-4, atol=1e-5)
 
 
+def _served_version(url: str) -> int:
+    with urllib.request.urlopen(f"{url}/v1/models/ssl4rec", timeout=10) as r:
+        return int(json.loads(r.read())["model_version_status"][0]["version"])
+
+
 def swap_case(scann_base: str, brute_base: str, bodies: list[bytes], bodies_file: str,
               seconds: float) -> dict[str, float]:
     """Pushes version 2 while 32 clients run; checks every answer against v1 / v2."""
@@ -221,6 +227,10 @@ def swap_case(scann_base: str, brute_base: str, bodies: list[bytes], bodies_file
         time.sleep(1 + seconds / 4)
         shutil.copytree(_latest(brute_base), os.path.join(work, "incoming"))
         os.rename(os.path.join(work, "incoming"), os.path.join(base, "2"))
+        pushed = time.perf_counter()
+        while _served_version(server.url) != 2 and client.poll() is None:
+            time.sleep(0.1)
+        swapped_s = time.perf_counter() - pushed if _served_version(server.url) == 2 else -1
         summary = json.loads(client.communicate()[0].strip().splitlines()[-1])
     finally:
         server.stop()
@@ -238,6 +248,7 @@ def swap_case(scann_base: str, brute_base: str, bodies: list[bytes], bodies_file
                     (True, True): "both", (False, False): "neither"}[tuple(match)]] += 1
     shutil.rmtree(work)
     return {"endpoint_swap_errors": summary["errors"],
+            "endpoint_swap_seconds_from_push_to_served": round(swapped_s, 2),
             "endpoint_swap_requests": summary["requests"],
             **{f"endpoint_swap_answers_{k}": v for k, v in counts.items()}}
 
@@ -279,7 +290,10 @@ def _endpoint_lines(values: dict[str, object]) -> list[str]:
             lines.append(f"| {label} | {n} | {values[f'{key}_p50_ms']} | {values[f'{key}_p99_ms']}"
                          f" | {values[f'{key}_requests_per_s']} | {values[f'{key}_errors']} | "
                          f"{values[floor]} |")
-    lines += ["", f"Version swap under 32 clients: {values['endpoint_swap_requests']} requests, "
+    lines += ["", f"Version swap under 32 clients: version 2 pushed (atomic rename) "
+              f"{values['endpoint_swap_seconds_from_push_to_served']} s before it was served "
+              f"(load, warm-up, swap), within the load; "
+              f"{values['endpoint_swap_requests']} requests, "
               f"{values['endpoint_swap_errors']} errors; answers equal to version 1's only: "
               f"{values['endpoint_swap_answers_version_1_only']}, to version 2's only: "
               f"{values['endpoint_swap_answers_version_2_only']}, to both (same top-K): "

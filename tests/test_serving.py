@@ -29,6 +29,7 @@ from components.index import search
 from components.trainer import export, hparams
 from components.trainer.model import TwoTowerSSL
 from components.trainer.run import feature_layout
+from serving import batching
 from serving.server import Options, Server
 from tests.conftest import tiny_spec
 from tests.test_preprocessing import _catalog_row
@@ -494,3 +495,59 @@ def test_vocabulary_tables_are_initialized_once_at_load(served, caplog):
         for _ in range(2):
             model.signatures["serving_default"](**dense)
     assert not [r for r in caplog.records if "re-initialized" in r.getMessage()]
+
+
+def test_concurrent_requests_of_different_widths_batch_to_the_numpy_answers(served):
+    queries = _catalog_queries(served)[:24]
+    for i, q in enumerate(queries):                 # rows of 1 to 3 genre values
+        q["query_genre"] = (q["query_genre"] * 3)[:1 + i % 3]
+    exact_scores, _ = _oracle(served, queries)
+    got = {}
+
+    def ask(i):
+        got[i] = _post(served, "/v1/models/tiny:predict", {"instances": [queries[i]]})
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(len(queries))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(len(queries)):
+        assert got[i][0] == 200
+        np.testing.assert_allclose(got[i][1]["predictions"][0]["scores"], exact_scores[i],
+                                   rtol=1e-5, atol=1e-6)
+
+
+def test_batcher_runs_queued_requests_together_and_isolates_a_bad_one(tmp_path):
+    calls = []
+
+    def double(x):
+        tf.debugging.assert_non_negative(x, message="negative input")
+        return {"y": 2.0 * x}
+
+    module = tf.Module()
+    module.double = tf.function(double, input_signature=[tf.TensorSpec([None, None], tf.float32)])
+    tf.saved_model.save(module, str(tmp_path / "double"),
+                        signatures={"serving_default": module.double})
+    fn = tf.saved_model.load(str(tmp_path / "double")).signatures["serving_default"]
+
+    def runner(f, inputs):
+        calls.append(len(inputs["x"]))
+        return batching.run_signature(f, inputs)
+
+    batcher = batching.Batcher(max_batch_size=8, batch_timeout_micros=2_000_000,
+                               runner=runner)
+    try:
+        owner = object()
+        rows = [np.array([[1.0, 2.0]], np.float32), np.array([[3.0, 4.0], [5.0, 6.0]], np.float32),
+                np.array([[-1.0, 0.0]], np.float32), np.array([[7.0, 8.0]], np.float32)]
+        results = [batcher.submit(fn, owner, {"x": r}) for r in rows]
+        for r, future in zip(rows, results):
+            if r.min() < 0:
+                with pytest.raises(tf.errors.InvalidArgumentError, match="negative input"):
+                    future.result(timeout=60)
+            else:
+                np.testing.assert_array_equal(future.result(timeout=60)["y"], 2 * r)
+    finally:
+        batcher.stop()
+    assert calls[0] == 5 and sorted(calls[1:]) == [1, 1, 1, 2]   # one batch, then singly
