@@ -75,7 +75,10 @@ class Options:
 class Server:
     """REST + gRPC servers sharing one :class:`ModelManager` and :class:`Batcher`."""
 
-    def __init__(self, bases: dict[str, str], options: Options = Options()) -> None:
+    def __init__(self, bases: dict[str, str], options: Optional[Options] = None,
+                 **overrides: object) -> None:
+        """Serves ``bases`` (name -> base folder) with ``options``, any field overridden."""
+        options = dataclasses.replace(options or Options(), **overrides)
         self.options = options
         self.manager = ModelManager(bases, options.poll_seconds)
         self.batcher: Optional[Batcher] = None
