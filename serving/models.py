@@ -2,14 +2,17 @@
 
 A served model is a base folder in TF Serving's layout: ``<base>/<version>/``
 with a SavedModel in each numeric version folder. A poller loads a new
-version completely (outside any lock), then swaps it in; requests that
-already hold the previous version finish on it. The newest ``keep`` versions
+version completely and warms it up (one call of each signature on a
+one-row input, so the first real request does not pay for graph
+optimization), outside any lock, then swaps it in; requests that already
+hold the previous version finish on it. The newest ``keep`` versions
 stay addressable by ``/versions/<n>``.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import gc
 import logging
 import os
 import threading
@@ -46,6 +49,21 @@ class Version:
             raise KeyError(f"signature '{name}' not found; available: "
                            f"{sorted(self.model.signatures)}")
         return self.model.signatures[name]
+
+
+def _dummy(spec: tf.TensorSpec) -> tf.Tensor:
+    shape = [d or 1 for d in spec.shape.as_list()]
+    return tf.fill(shape, "") if spec.dtype == tf.string else tf.zeros(shape, spec.dtype)
+
+
+def warm_up(version: Version) -> None:
+    """Calls each signature once on a one-row input of empty strings / zeros."""
+    for name, fn in version.model.signatures.items():
+        try:
+            fn(**{k: _dummy(s) for k, s in fn.structured_input_signature[1].items()})
+        except (tf.errors.OpError, ValueError, TypeError) as e:
+            logging.warning("version %d: warm-up of signature %s failed: %s", version.number,
+                            name, str(e).splitlines()[0])
 
 
 def _signature_defs(path: str) -> dict[str, meta_graph_pb2.SignatureDef]:
@@ -89,6 +107,7 @@ class ServedModel:
             path = os.path.join(self.base, str(number))
             try:
                 version = Version(number, path, tf.saved_model.load(path), _signature_defs(path))
+                warm_up(version)
             except Exception as e:  # noqa: BLE001  a bad version must not stop serving
                 logging.error("model %s: version %d at %s failed to load: %s", self.name,
                               number, path, e)
@@ -130,9 +149,18 @@ class ModelManager:
         self._thread: Optional[threading.Thread] = None
 
     def refresh(self) -> None:
-        """Loads new versions of every model now."""
+        """Loads new versions of every model now.
+
+        The objects a load leaves behind are then frozen out of the garbage
+        collector's reach (``gc.freeze``): the interpreter holds millions of
+        TensorFlow objects, and a full collection walking them all would
+        stall every request for tens of milliseconds.
+        """
+        before = {name: model.versions() for name, model in self.models.items()}
         for model in self.models.values():
             model.refresh()
+        if any(model.versions() != before[name] for name, model in self.models.items()):
+            gc.freeze()
 
     def get(self, name: str) -> ServedModel:
         """The served model called ``name``."""

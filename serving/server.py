@@ -1,19 +1,12 @@
 """A TF Serving-compatible endpoint: REST and gRPC PredictionService, one process.
 
-REST (TF Serving's API):
-
-* ``GET  /v1/models/<name>[/versions/<n>]``: version status;
-* ``GET  /v1/models/<name>[/versions/<n>]/metadata``: signature defs;
-* ``POST /v1/models/<name>[/versions/<n>]:predict``: row (``instances``) or
-  columnar (``inputs``) requests.
-
-gRPC: ``tensorflow.serving.PredictionService`` ``Predict`` and
-``GetModelMetadata`` (the ``tensorflow-serving-api`` protos).
-
-Binds to loopback by default; limits the request body and the batch size;
-a bad request gets ``400 {"error": ...}``, an unknown model or version
-``404``; no request crashes the server. New versions pushed to a model's
-base folder are picked up without a restart.
+REST (TF Serving's API, :mod:`serving.rest`) on an asyncio HTTP/1.x server
+(:mod:`serving.http`: keep-alive, a listen backlog sized for load, limits
+that refuse early); gRPC (:mod:`serving.grpc_service`) on a thread pool.
+Both hand predictions to one :class:`Batcher`, which runs concurrent
+requests as one signature call (TF Serving's batching options). New versions
+pushed to a model's base folder are loaded, warmed up and swapped in without
+a restart.
 
 ``python -m serving.server --model ssl4rec=runs/movielens-1m/serving/ssl4rec``
 """
@@ -21,259 +14,137 @@ base folder are picked up without a restart.
 from __future__ import annotations
 
 import argparse
-import json
+import asyncio
+import dataclasses
 import logging
 import os
-import re
+import sys
 import threading
 from concurrent import futures
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any, Optional
+from typing import Optional
 
 import grpc
-import tensorflow as tf
-from tensorflow_serving.apis import (
-    get_model_metadata_pb2,
-    model_pb2,
-    predict_pb2,
-    prediction_service_pb2_grpc,
-)
+from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import codec
-from serving.models import ModelManager, NotFoundError, Version
+from serving import http
+from serving.batching import Batcher
+from serving.grpc_service import PredictionService
+from serving.models import ModelManager
+from serving.rest import RestApi
 
-_PATH = re.compile(r"^/v1/models/(?P<name>[^/:]+)(?:/versions/(?P<version>\d+))?"
-                   r"(?P<rest>/metadata|:predict)?$")
+# How often the interpreter lets another thread take the GIL (Python's default
+# is 5 ms): the event loop, the batcher and gRPC threads take turns faster.
+SWITCH_INTERVAL_S = 0.0005
 
 
-def _run(version: Version, signature_name: str, inputs: dict[str, tf.Tensor]
-         ) -> dict[str, Any]:
-    fn = version.signature(signature_name)
-    return {k: v.numpy() for k, v in fn(**inputs).items()}
+@dataclasses.dataclass(frozen=True)
+class Options:
+    """Endpoint settings.
 
+    Attributes:
+      host: address to bind (loopback by default).
+      rest_port: REST port (0: any free port).
+      grpc_port: gRPC port (0: any free port).
+      max_body_bytes: largest request body (REST 413 / gRPC message limit).
+      max_batch: most examples in one request.
+      max_json_depth: deepest JSON nesting accepted.
+      read_timeout: seconds for a request to arrive after its first byte.
+      backlog: listen backlog (the kernel caps it at ``net.core.somaxconn``).
+      grpc_threads: gRPC worker threads.
+      max_batch_size: most rows the batcher runs in one call.
+      batch_timeout_micros: how long the batcher waits for a batch to fill.
+      num_batch_threads: concurrent signature calls.
+      poll_seconds: how often model folders are checked for new versions.
+    """
 
-def _status(name: str, versions: list[int]) -> dict[str, Any]:
-    return {"model_version_status": [
-        {"version": str(v), "state": "AVAILABLE",
-         "status": {"error_code": "OK", "error_message": ""}} for v in reversed(versions)]}
-
-
-def _metadata(name: str, version: Version) -> dict[str, Any]:
-    from google.protobuf import json_format
-
-    defs = {k: json_format.MessageToDict(v) for k, v in version.signature_defs.items()}
-    return {"model_spec": {"name": name, "signature_name": "", "version": str(version.number)},
-            "metadata": {"signature_def": {"signature_def": defs}}}
-
-
-class RestHandler(BaseHTTPRequestHandler):
-    """TF Serving's REST API over a :class:`ModelManager`."""
-
-    manager: ModelManager
-    max_body_bytes: int
-    max_batch: int
-    protocol_version = "HTTP/1.1"
-
-    def log_message(self, fmt: str, *args: Any) -> None:
-        """Routes access logs to logging (debug level)."""
-        logging.debug("rest: " + fmt, *args)
-
-    def _reply(self, code: int, payload: dict[str, Any]) -> None:
-        data = json.dumps(payload).encode()
-        self.send_response(code)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def _route(self) -> Optional[re.Match]:
-        match = _PATH.match(self.path)
-        if not match:
-            self._reply(404, {"error": f"Malformed request: {self.command} {self.path}"})
-        return match
-
-    def _version(self, match: re.Match) -> tuple[str, Version]:
-        name = match.group("name")
-        number = match.group("version")
-        return name, self.manager.get(name).get(int(number) if number else None)
-
-    def do_GET(self) -> None:  # noqa: N802
-        """Model status and metadata."""
-        match = self._route()
-        if not match:
-            return
-        try:
-            if match.group("rest") == "/metadata":
-                name, version = self._version(match)
-                self._reply(200, _metadata(name, version))
-            elif match.group("rest") is None:
-                name = match.group("name")
-                model = self.manager.get(name)
-                versions = model.versions()
-                if match.group("version"):
-                    versions = [self._version(match)[1].number]
-                if not versions:
-                    raise NotFoundError(f"Servable not found for request: Latest({name})")
-                self._reply(200, _status(name, versions))
-            else:
-                self._reply(400, {"error": "use POST for :predict"})
-        except NotFoundError as e:
-            self._reply(404, {"error": str(e)})
-
-    def _discard(self, length: int) -> None:
-        """Reads and drops an oversized body (bounded), so the client sees the 400."""
-        remaining = min(max(length, 0), 16 * self.max_body_bytes)
-        while remaining > 0:
-            chunk = self.rfile.read(min(1 << 16, remaining))
-            if not chunk:
-                break
-            remaining -= len(chunk)
-
-    def do_POST(self) -> None:  # noqa: N802
-        """Predict."""
-        match = self._route()
-        if not match:
-            return
-        if match.group("rest") != ":predict":
-            self._reply(400, {"error": "only :predict accepts POST"})
-            return
-        try:
-            length = int(self.headers.get("Content-Length", "0"))
-        except ValueError:
-            length = -1
-        if length < 0 or length > self.max_body_bytes:
-            self._discard(length)
-            self.close_connection = True
-            self._reply(400, {"error": f"request body of {length} bytes is outside the limit "
-                                       f"of {self.max_body_bytes} bytes"})
-            return
-        try:
-            body = json.loads(self.rfile.read(length) or b"null")
-            name, version = self._version(match)
-            signature = body.get("signature_name", "") if isinstance(body, dict) else ""
-            fn = version.signature(signature)
-            inputs, rows = codec.parse(body, fn.structured_input_signature[1], self.max_batch)
-            self._reply(200, codec.format_response(_run(version, signature, inputs), rows))
-        except NotFoundError as e:
-            self._reply(404, {"error": str(e)})
-        except (codec.BadRequestError, KeyError, json.JSONDecodeError) as e:
-            self._reply(400, {"error": str(e).strip('"')})
-        except (tf.errors.InvalidArgumentError, ValueError, TypeError) as e:
-            self._reply(400, {"error": f"{type(e).__name__}: {e}".splitlines()[0]})
-
-
-class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
-    """gRPC Predict and GetModelMetadata."""
-
-    def __init__(self, manager: ModelManager, max_batch: int) -> None:
-        self.manager, self.max_batch = manager, max_batch
-
-    def _version(self, spec: model_pb2.ModelSpec, context: grpc.ServicerContext) -> Version:
-        try:
-            number = spec.version.value if spec.HasField("version") else None
-            return self.manager.get(spec.name).get(number)
-        except NotFoundError as e:
-            context.abort(grpc.StatusCode.NOT_FOUND, str(e))
-            raise
-
-    def Predict(self, request: predict_pb2.PredictRequest,  # noqa: N802
-                context: grpc.ServicerContext) -> predict_pb2.PredictResponse:
-        """Runs a signature on TensorProto inputs."""
-        version = self._version(request.model_spec, context)
-        try:
-            fn = version.signature(request.model_spec.signature_name)
-            specs = fn.structured_input_signature[1]
-            if set(request.inputs) != set(specs):
-                raise codec.BadRequestError(f"expected inputs {sorted(specs)}, got "
-                                            f"{sorted(request.inputs)}")
-            inputs = {k: tf.constant(tf.make_ndarray(v), dtype=specs[k].dtype)
-                      for k, v in request.inputs.items()}
-            if any(int(t.shape[0]) > self.max_batch for t in inputs.values() if t.shape.rank):
-                raise codec.BadRequestError(f"batch exceeds the limit of {self.max_batch}")
-            outputs = _run(version, request.model_spec.signature_name, inputs)
-        except (codec.BadRequestError, KeyError, ValueError, TypeError,
-                tf.errors.InvalidArgumentError) as e:
-            context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e).splitlines()[0])
-        response = predict_pb2.PredictResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = version.number
-        response.model_spec.signature_name = request.model_spec.signature_name or \
-            "serving_default"
-        for k, v in outputs.items():
-            response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
-        return response
-
-    def GetModelMetadata(self, request: get_model_metadata_pb2.GetModelMetadataRequest,  # noqa: N802
-                         context: grpc.ServicerContext
-                         ) -> get_model_metadata_pb2.GetModelMetadataResponse:
-        """Signature defs of a version, as TF Serving returns them."""
-        version = self._version(request.model_spec, context)
-        signatures = get_model_metadata_pb2.SignatureDefMap()
-        for k, v in version.signature_defs.items():
-            signatures.signature_def[k].CopyFrom(v)
-        response = get_model_metadata_pb2.GetModelMetadataResponse()
-        response.model_spec.name = request.model_spec.name
-        response.model_spec.version.value = version.number
-        response.metadata["signature_def"].Pack(signatures)
-        return response
+    host: str = "127.0.0.1"
+    rest_port: int = 8501
+    grpc_port: int = 8500
+    max_body_bytes: int = 4 << 20
+    max_batch: int = 256
+    max_json_depth: int = 32
+    read_timeout: float = 10.0
+    backlog: int = 4096
+    grpc_threads: int = 16
+    max_batch_size: int = 64
+    batch_timeout_micros: int = 0
+    num_batch_threads: int = 1
+    poll_seconds: float = 2.0
 
 
 class Server:
-    """REST + gRPC servers sharing one :class:`ModelManager`."""
+    """REST + gRPC servers sharing one :class:`ModelManager` and :class:`Batcher`."""
 
-    def __init__(self, bases: dict[str, str], host: str = "127.0.0.1", rest_port: int = 8501,
-                 grpc_port: int = 8500, max_body_bytes: int = 4 << 20, max_batch: int = 256,
-                 poll_seconds: float = 2.0, threads: int = 8) -> None:
-        self.manager = ModelManager(bases, poll_seconds)
-        handler = type("Handler", (RestHandler,), {
-            "manager": self.manager, "max_body_bytes": max_body_bytes, "max_batch": max_batch})
-        self.http = ThreadingHTTPServer((host, rest_port), handler)
-        self.http.daemon_threads = True
-        self.grpc = grpc.server(futures.ThreadPoolExecutor(max_workers=threads), options=[
-            ("grpc.max_receive_message_length", max_body_bytes)])
-        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
-            PredictionService(self.manager, max_batch), self.grpc)
-        self.grpc_port = self.grpc.add_insecure_port(f"{host}:{grpc_port}")
-        self.rest_port = self.http.server_address[1]
+    def __init__(self, bases: dict[str, str], options: Optional[Options] = None,
+                 **overrides: object) -> None:
+        """Serves ``bases`` (name -> base folder) with ``options``, any field overridden."""
+        options = dataclasses.replace(options or Options(), **overrides)
+        self.options = options
+        self.manager = ModelManager(bases, options.poll_seconds)
+        self.batcher: Optional[Batcher] = None
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=options.grpc_threads),
+            options=[("grpc.max_receive_message_length", options.max_body_bytes),
+                     ("grpc.so_reuseport", 0)])
+        self.grpc_port = self.grpc.add_insecure_port(f"{options.host}:{options.grpc_port}")
+        self.rest_port = 0
+        self._loop = asyncio.new_event_loop()
         self._thread: Optional[threading.Thread] = None
+        self._http: Optional[asyncio.AbstractServer] = None
 
     def start(self) -> Server:
         """Loads the models and starts serving in background threads."""
+        o = self.options
         self.manager.start()
+        self.batcher = Batcher(o.max_batch_size, o.batch_timeout_micros, o.num_batch_threads)
+        prediction_service_pb2_grpc.add_PredictionServiceServicer_to_server(
+            PredictionService(self.manager, self.batcher, o.max_batch), self.grpc)
         self.grpc.start()
-        self._thread = threading.Thread(target=self.http.serve_forever, daemon=True)
+        self._thread = threading.Thread(target=self._loop.run_forever, daemon=True,
+                                        name="rest-loop")
         self._thread.start()
+        api = RestApi(self.manager, self.batcher, o.max_batch, o.max_json_depth)
+        limits = http.Limits(max_body_bytes=o.max_body_bytes, read_timeout=o.read_timeout)
+        self._http = asyncio.run_coroutine_threadsafe(
+            http.serve(api, o.host, o.rest_port, limits, o.backlog), self._loop).result()
+        self.rest_port = self._http.sockets[0].getsockname()[1]
         return self
 
     def stop(self) -> None:
-        """Stops both servers and the poller."""
-        self.http.shutdown()
-        self.http.server_close()
+        """Stops both servers, the batcher and the poller."""
+        if self._http:
+            self._loop.call_soon_threadsafe(self._http.close)
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread:
+            self._thread.join()
         self.grpc.stop(grace=1).wait()
+        if self.batcher:
+            self.batcher.stop()
         self.manager.stop()
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", action="append", required=True, metavar="NAME=BASE_DIR")
+    for field in dataclasses.fields(Options):
+        parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default),
+                            default=field.default)
+    return parser
 
 
 def main(argv: Optional[list[str]] = None) -> None:
     """Entry point: ``python -m serving.server --model NAME=BASE_DIR ...``."""
-    parser = argparse.ArgumentParser(prog="python -m serving.server", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", action="append", required=True, metavar="NAME=BASE_DIR")
-    parser.add_argument("--host", default="127.0.0.1")
-    parser.add_argument("--rest-port", type=int, default=8501)
-    parser.add_argument("--grpc-port", type=int, default=8500)
-    parser.add_argument("--max-body-bytes", type=int, default=4 << 20)
-    parser.add_argument("--max-batch", type=int, default=256)
-    parser.add_argument("--poll-seconds", type=float, default=2.0)
-    args = parser.parse_args(argv)
+    args = vars(_parser().parse_args(argv))
     os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    bases = dict(m.split("=", 1) for m in args.model)
+    bases = dict(m.split("=", 1) for m in args.pop("model"))
     logging.basicConfig(level=logging.INFO)
+    sys.setswitchinterval(SWITCH_INTERVAL_S)
     import scann  # noqa: F401  registers ScaNN's ops before any model loads
 
-    server = Server(bases, args.host, args.rest_port, args.grpc_port, args.max_body_bytes,
-                    args.max_batch, args.poll_seconds).start()
-    print(f"serving {sorted(bases)}: REST http://{args.host}:{server.rest_port} "
-          f"gRPC {args.host}:{server.grpc_port}", flush=True)
+    server = Server(bases, Options(**args)).start()
+    print(f"serving {sorted(bases)}: REST http://{server.options.host}:{server.rest_port} "
+          f"gRPC {server.options.host}:{server.grpc_port}", flush=True)
     threading.Event().wait()
 
 

@@ -129,10 +129,14 @@ def _check_endpoint(run_root, store, spec):
         records.latest(store, NAME, "Trainer").outputs["model"][0], "Format-Serving"))
     dense = {k: tf.constant([v]) for k, v in body["instances"][0].items()}
     embedding = trainer_model.signatures["query_embedding"](**dense)["embedding"].numpy()
-    exact_scores, exact_idx = search.brute_force(embedding, items, 100)
+    scores = search.normalize(embedding) @ search.normalize(items).T
+    scores[:, list(ids).index("i3")] = -np.inf     # the query's own item is left out
+    exact_idx = np.argsort(-scores, axis=1, kind="stable")[:, :100]
+    exact_scores = np.take_along_axis(scores, exact_idx, axis=1)
     np.testing.assert_allclose(brute["scores"], exact_scores[0], rtol=1e-4, atol=1e-5)
     assert brute["item_ids"][0] == ids[exact_idx[0, 0]]
     assert len(scann_answer["item_ids"]) == 100
+    assert "i3" not in brute["item_ids"] and "i3" not in scann_answer["item_ids"]
 
 
 def _raw_examples(split_dir):

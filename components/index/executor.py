@@ -106,11 +106,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 f"ScaNN recall@{config.k} against brute force is {measured:.4f} < "
                 f"min_recall {config.min_recall} on {len(queries)} eval queries; raise "
                 "index_config.leaves_to_search or reorder (or lower min_recall).")
-        export.save(export.RetrievalModule(query_model, ids, items, config.k, searcher),
-                    os.path.join(scann_out.uri, SERVING_DIR))
-        brute = artifact_utils.get_single_instance(output_dict[BRUTE_FORCE_MODEL_KEY])
         exclude = (features.query_key(spec.item_id)
                    if spec.item_id in spec.query_item_features else None)
+        export.save(export.RetrievalModule(query_model, ids, items, config.k, searcher,
+                                           exclude_key=exclude),
+                    os.path.join(scann_out.uri, SERVING_DIR))
+        brute = artifact_utils.get_single_instance(output_dict[BRUTE_FORCE_MODEL_KEY])
         export.save(export.RetrievalModule(query_model, ids, items, config.k,
                                            exclude_key=exclude),
                     os.path.join(brute.uri, SERVING_DIR))

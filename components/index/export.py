@@ -10,7 +10,11 @@ Two variants over the same query tower (the Trainer's export, embedded):
 Signatures: ``serving_default`` takes the query tower's named string tensors
 (``[N, M]``, ``""`` padding), ``retrieve_examples`` serialized ``tf.Example``;
 both return ``item_ids`` (string [N, K], best first) and ``scores`` (cosine,
-float [N, K]).
+float [N, K]). When the query carries its item id (``exclude_key``, the
+item-to-item case), both leave the query's own item out of the answer (the
+index is searched for ``K + 1`` and the own id dropped); the
+``keep_query_item`` and ``retrieve_examples_keep_query_item`` signatures
+answer the same queries with the own item kept.
 
 The brute-force variant also has ``evaluate`` for TFMA: serialized
 ``tf.Example`` in, ``classes`` (top-K ids over the whole catalog) and
@@ -31,6 +35,16 @@ from components.index import search
 SCANN_NAMESPACE = "Scann"
 
 
+KEEP_QUERY_ITEM = "keep_query_item"
+RETRIEVE_EXAMPLES = "retrieve_examples"
+
+
+def _first(values: tf.Tensor) -> tf.Tensor:
+    """The first value of each row of a [N, M] string tensor ("" when M is 0)."""
+    head = values[:, :1]
+    return tf.pad(head, [[0, 0], [0, 1 - tf.shape(head)[1]]])[:, 0]
+
+
 class RetrievalModule(tf.Module):
     """Query tower + index; see the module docstring."""
 
@@ -40,7 +54,7 @@ class RetrievalModule(tf.Module):
         self.exclude_key = exclude_key
         self.query_model = query_model
         self.item_ids = tf.constant(item_ids.astype(object).astype(bytes))
-        self.k = int(min(k, len(item_ids)))
+        self.k = int(min(k, len(item_ids) - (1 if exclude_key else 0)))
         if searcher is None:
             self.items = tf.constant(search.normalize(items))
             self.scann = None
@@ -48,39 +62,67 @@ class RetrievalModule(tf.Module):
             self.items = None
             self.scann = searcher.serialize_to_module()
 
-    def _top_k(self, embedding: tf.Tensor) -> dict[str, tf.Tensor]:
-        query = tf.math.l2_normalize(embedding, axis=-1)
+    def _search(self, query: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """(cosine scores [N, k], item indices [N, k]) of normalized queries, best first."""
         if self.scann is None:
-            scores, indices = tf.math.top_k(tf.matmul(query, self.items, transpose_b=True),
-                                            k=self.k)
-        else:
-            from scann.scann_ops.py import scann_ops
+            return tuple(tf.math.top_k(tf.matmul(query, self.items, transpose_b=True), k=k))
+        from scann.scann_ops.py import scann_ops
 
-            handle = self.scann.recreate_handle()
-            indices, scores = scann_ops.scann_search_batched(handle, query, self.k, -1, -1,
-                                                             False)
+        handle = self.scann.recreate_handle()
+        indices, scores = scann_ops.scann_search_batched(handle, query, k, -1, -1, False)
+        return scores, indices
+
+    def _top_k(self, embedding: tf.Tensor, own: Optional[tf.Tensor] = None
+               ) -> dict[str, tf.Tensor]:
+        """Top ``k`` items; with ``own`` (ids [N]) each row's own id is left out."""
+        query = tf.math.l2_normalize(embedding, axis=-1)
+        if own is None:
+            scores, indices = self._search(query, self.k)
+        else:
+            scores, indices = self._search(query, self.k + 1)
+            hit = tf.equal(tf.gather(self.item_ids, indices), own[:, None])
+            top = tf.math.top_k(tf.where(hit, tf.constant(-np.inf, scores.dtype), scores),
+                                k=self.k)
+            scores, indices = top.values, tf.gather(indices, top.indices, batch_dims=1)
         return {"item_ids": tf.gather(self.item_ids, indices), "scores": scores}
 
+    def _own_from_examples(self, examples: tf.Tensor) -> tf.Tensor:
+        own = tf.io.parse_example(examples, {self.exclude_key: tf.io.VarLenFeature(
+            tf.string)})[self.exclude_key]
+        return _first(tf.sparse.to_dense(own, default_value=""))
+
     def signatures(self) -> dict[str, Any]:
-        """``serving_default`` (named tensors) and ``retrieve_examples``."""
+        """``serving_default`` (named tensors) and ``retrieve_examples``, and the rest.
+
+        With ``exclude_key`` both leave the query's own item out, and
+        ``keep_query_item`` / ``retrieve_examples_keep_query_item`` keep it.
+        """
         dense = self.query_model.signatures["query_embedding"]
         specs = dense.structured_input_signature[1]
+        to_examples = self.query_model.signatures["query_embedding_examples"]
+        examples_spec = [tf.TensorSpec([None], tf.string, name="examples")]
 
-        def from_dense(**inputs: tf.Tensor) -> dict[str, tf.Tensor]:
-            return self._top_k(dense(**inputs)["embedding"])
+        def signature_pair(exclude: bool) -> tuple[Any, Any]:
+            def from_dense(**inputs: tf.Tensor) -> dict[str, tf.Tensor]:
+                own = _first(inputs[self.exclude_key]) if exclude else None
+                return self._top_k(dense(**inputs)["embedding"], own)
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
-        def from_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
-            embedding = self.query_model.signatures["query_embedding_examples"](
-                examples=examples)["embedding"]
-            return self._top_k(embedding)
+            def from_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
+                own = self._own_from_examples(examples) if exclude else None
+                return self._top_k(to_examples(examples=examples)["embedding"], own)
 
-        dense_fn = tf.function(from_dense).get_concrete_function(**specs)
-        out = {"serving_default": dense_fn,
-               "retrieve_examples": from_examples.get_concrete_function()}
+            return (tf.function(from_dense).get_concrete_function(**specs),
+                    tf.function(from_examples, input_signature=examples_spec
+                                ).get_concrete_function())
+
+        dense_fn, examples_fn = signature_pair(bool(self.exclude_key))
+        out = {"serving_default": dense_fn, RETRIEVE_EXAMPLES: examples_fn}
+        if self.exclude_key:
+            keep_dense, keep_examples = signature_pair(False)
+            out[KEEP_QUERY_ITEM] = keep_dense
+            out[f"{RETRIEVE_EXAMPLES}_{KEEP_QUERY_ITEM}"] = keep_examples
         if self.scann is None:
-            evaluate = tf.function(self._evaluate, input_signature=[
-                tf.TensorSpec([None], tf.string, name="examples")])
+            evaluate = tf.function(self._evaluate, input_signature=examples_spec)
             out["evaluate"] = evaluate.get_concrete_function()
         return out
 
@@ -90,11 +132,8 @@ class RetrievalModule(tf.Module):
         scores = tf.matmul(tf.math.l2_normalize(embedding, axis=-1), self.items,
                            transpose_b=True)
         if self.exclude_key:
-            own = tf.io.parse_example(examples, {self.exclude_key: tf.io.VarLenFeature(
-                tf.string)})[self.exclude_key]
-            own = tf.sparse.to_dense(own, default_value="")[:, :1]
-            own = tf.pad(own, [[0, 0], [0, 1 - tf.shape(own)[1]]])
-            scores = tf.where(tf.equal(self.item_ids[None, :], own),
+            own = self._own_from_examples(examples)
+            scores = tf.where(tf.equal(self.item_ids[None, :], own[:, None]),
                               tf.constant(-2.0, scores.dtype), scores)
         top = tf.math.top_k(scores, k=self.k)
         return {"classes": tf.gather(self.item_ids, top.indices),
