@@ -31,9 +31,7 @@ from components.trainer.model import TwoTowerSSL
 from components.trainer.run import feature_layout
 from serving import batching
 from serving.server import Options, Server
-from tests.conftest import tiny_spec
-from tests.test_preprocessing import _catalog_row
-from tests.test_trainer_export import _serialize, _transform_dir
+from tests.conftest import catalog_row, serialize_example, tiny_spec, write_transform_graph
 
 K = 5
 N_ITEMS = 300
@@ -41,7 +39,7 @@ N_ITEMS = 300
 
 def _items():
     rng = np.random.default_rng(0)
-    return [_catalog_row(b"i%d" % k, [b"g%d" % g for g in rng.choice(8, 2, replace=False)],
+    return [catalog_row(b"i%d" % k, [b"g%d" % g for g in rng.choice(8, 2, replace=False)],
                          [b"y%d" % rng.integers(5)]) for k in range(N_ITEMS)]
 
 
@@ -50,7 +48,7 @@ def served(tmp_path_factory, request):
     root = tmp_path_factory.mktemp("serving")
     spec = tiny_spec(str(root))
     rows = _items()
-    tft_out = tft.TFTransformOutput(_transform_dir(spec, rows))
+    tft_out = tft.TFTransformOutput(write_transform_graph(spec, rows))
     hp = hparams.from_dict({"variant": "baseline", "share_towers": False,
                             "hidden_units": [16, 8], "embedding_dim": 4})
     model = TwoTowerSSL(feature_layout(spec, tft_out), hp)
@@ -64,7 +62,7 @@ def served(tmp_path_factory, request):
     export.export(model, tft_out, query_dir)
     query_model = tf.saved_model.load(query_dir)
     items = query_model.signatures["item_embedding_examples"](examples=tf.constant(
-        [_serialize(r, item_keys) for r in rows]))["embedding"].numpy()
+        [serialize_example(r, item_keys) for r in rows]))["embedding"].numpy()
     ids = np.array([r["item_item_id"][0].decode() for r in rows], dtype=object)
     bases = {"tiny": str(root / "serving" / "tiny"), "tiny_scann": str(root / "serving" / "scann")}
     index_export.save(index_export.RetrievalModule(query_model, ids, items, K,
