@@ -47,6 +47,7 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 from components.index import search  # noqa: E402
 from serving import batching, codec  # noqa: E402
+from serving import signatures as sig
 
 DIM = 64
 CLIENTS = (1, 8, 32)
@@ -116,19 +117,19 @@ def _latest(base: str) -> str:
 
 def _answers(path: str, bodies: list[bytes]) -> list[dict]:
     """Each body's answer from the SavedModel at ``path``, in process."""
-    fn = tf.saved_model.load(path).signatures["serving_default"]
+    fn = tf.saved_model.load(path).signatures[sig.SERVING_DEFAULT]
     out = []
     for body in bodies:
         inputs, _ = codec.parse(json.loads(body), fn.structured_input_signature[1], 1)
         result = batching.run_signature(fn, inputs)
-        out.append({"item_ids": result["item_ids"][0].astype(str).tolist(),
-                    "scores": result["scores"][0]})
+        out.append({sig.ITEM_IDS: result[sig.ITEM_IDS][0].astype(str).tolist(),
+                    sig.SCORES: result[sig.SCORES][0]})
     return out
 
 
 def model_call_ms(path: str, bodies: list[bytes], calls: int = 500) -> float:
     """p50 of one single-query signature call in process (arrays in, arrays out)."""
-    fn = tf.saved_model.load(path).signatures["serving_default"]
+    fn = tf.saved_model.load(path).signatures[sig.SERVING_DEFAULT]
     specs = fn.structured_input_signature[1]
     inputs = [codec.parse(json.loads(b), specs, 1)[0] for b in bodies]
     for x in inputs[:20]:
@@ -197,12 +198,12 @@ def _same(answer: dict, expected: dict, exact: bool) -> bool:
     (a candidate or two near the cut-off); so an approximate answer must
     share 95% of its ids with the expected one, with equal scores for them.
     """
-    ids, want = answer["item_ids"], expected["item_ids"]
+    ids, want = answer[sig.ITEM_IDS], expected[sig.ITEM_IDS]
     if exact or ids == want:
-        return ids == want and np.allclose(answer["scores"], expected["scores"], rtol=1e-4,
+        return ids == want and np.allclose(answer[sig.SCORES], expected[sig.SCORES], rtol=1e-4,
                                            atol=1e-5)
-    scores = dict(zip(want, expected["scores"]))
-    shared = [(s, scores[i]) for i, s in zip(ids, answer["scores"]) if i in scores]
+    scores = dict(zip(want, expected[sig.SCORES]))
+    shared = [(s, scores[i]) for i, s in zip(ids, answer[sig.SCORES]) if i in scores]
     return len(ids) == len(want) and len(shared) >= 0.95 * len(want) and np.allclose(
         *zip(*shared), rtol=1e-4, atol=1e-5)
 

@@ -18,6 +18,7 @@ from tensorflow_serving.apis import (
 )
 
 from serving import codec
+from serving import signatures as sig
 from serving.batching import Batcher, OverloadedError
 from serving.models import ModelManager, NotFoundError, Version
 
@@ -75,7 +76,7 @@ class PredictionService(prediction_service_pb2_grpc.PredictionServiceServicer):
         response.model_spec.name = request.model_spec.name
         response.model_spec.version.value = version.number
         response.model_spec.signature_name = request.model_spec.signature_name or \
-            "serving_default"
+            sig.SERVING_DEFAULT
         for k, v in outputs.items():
             response.outputs[k].CopyFrom(tf.make_tensor_proto(v))
         return response

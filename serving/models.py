@@ -21,6 +21,8 @@ from typing import Any, Optional
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
 
+from serving import signatures as sig
+
 
 class NotFoundError(LookupError):
     """No such model or version (served as 404)."""
@@ -44,7 +46,7 @@ class Version:
 
     def signature(self, name: str) -> Any:
         """The concrete function of signature ``name``."""
-        name = name or "serving_default"
+        name = name or sig.SERVING_DEFAULT
         if name not in self.model.signatures:
             raise KeyError(f"signature '{name}' not found; available: "
                            f"{sorted(self.model.signatures)}")

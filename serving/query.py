@@ -18,6 +18,7 @@ import urllib.error
 import urllib.request
 from typing import Optional, Sequence
 
+from serving import signatures as sig
 from transforms import features
 from transforms.spec import DatasetSpec, load_spec
 
@@ -84,7 +85,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     describe = lambda r: " | ".join(  # noqa: E731
         f"{k}={v}" for k, v in r.items() if k != spec.item_id and k in spec.catalog_columns())
     print(f"seed {args.item}: {describe(rows[args.item])}")
-    for rank, (item, score) in enumerate(zip(top["item_ids"][:args.k], top["scores"]), 1):
+    for rank, (item, score) in enumerate(zip(top[sig.ITEM_IDS][:args.k], top[sig.SCORES]), 1):
         print(f"{rank:3d}. {item:>10}  {score:.3f}  {describe(rows.get(item, {}))}")
     return 0
 

@@ -31,6 +31,7 @@ from components.evaluate.metrics import (
 from pipeline import records, results_page, summary
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import evaluation, pusher
+from serving import signatures as sig
 from tests.conftest import tiny_spec
 from transforms import features
 
@@ -90,15 +91,15 @@ class _HandRanking(tf.Module):
             [], tf.string)})["query_item_id"]
         rows = self.table.lookup(query)
         n = tf.shape(rows)[0]
-        return {"classes": tf.gather(self.classes, rows),
-                "scores": tf.tile(self.scores[None, :], [n, 1])}
+        return {sig.CLASSES: tf.gather(self.classes, rows),
+                sig.SCORES: tf.tile(self.scores[None, :], [n, 1])}
 
 
 def _save_model(folder: str, ranks: list[int]) -> str:
     """A Model artefact folder (the SavedModel in ``Format-Serving``, as Trainer writes)."""
     module = _HandRanking(ranks)
     tf.saved_model.save(module, os.path.join(folder, "Format-Serving"),
-                        signatures={"evaluate": module.evaluate})
+                        signatures={sig.EVALUATE: module.evaluate})
     return folder
 
 

@@ -26,6 +26,7 @@ from components.correlation import report as correlation_report
 from components.join import executor as join_executor
 from pipeline import records
 from pipeline.datasets import synthetic
+from serving import signatures as sig
 from transforms import features
 from transforms.spec import load_spec
 
@@ -128,15 +129,15 @@ def _check_endpoint(run_root, store, spec):
     trainer_model = tf.saved_model.load(os.path.join(
         records.latest(store, NAME, "Trainer").outputs["model"][0], "Format-Serving"))
     dense = {k: tf.constant([v]) for k, v in body["instances"][0].items()}
-    embedding = trainer_model.signatures["query_embedding"](**dense)["embedding"].numpy()
+    embedding = trainer_model.signatures[sig.QUERY_EMBEDDING](**dense)[sig.EMBEDDING].numpy()
     scores = search.normalize(embedding) @ search.normalize(items).T
     scores[:, list(ids).index("i3")] = -np.inf     # the query's own item is left out
     exact_idx = np.argsort(-scores, axis=1, kind="stable")[:, :100]
     exact_scores = np.take_along_axis(scores, exact_idx, axis=1)
-    np.testing.assert_allclose(brute["scores"], exact_scores[0], rtol=1e-4, atol=1e-5)
-    assert brute["item_ids"][0] == ids[exact_idx[0, 0]]
-    assert len(scann_answer["item_ids"]) == 100
-    assert "i3" not in brute["item_ids"] and "i3" not in scann_answer["item_ids"]
+    np.testing.assert_allclose(brute[sig.SCORES], exact_scores[0], rtol=1e-4, atol=1e-5)
+    assert brute[sig.ITEM_IDS][0] == ids[exact_idx[0, 0]]
+    assert len(scann_answer[sig.ITEM_IDS]) == 100
+    assert "i3" not in brute[sig.ITEM_IDS] and "i3" not in scann_answer[sig.ITEM_IDS]
 
 
 def _raw_examples(split_dir):
@@ -170,8 +171,8 @@ def _check_evaluation(store, out):
                     for f in parsed])
     trainer_model = tf.saved_model.load(os.path.join(
         records.latest(store, NAME, "Trainer").outputs["model"][0], "Format-Serving"))
-    queries = trainer_model.signatures["query_embedding_examples"](
-        examples=tf.constant(rows))["embedding"].numpy()
+    queries = trainer_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
+        examples=tf.constant(rows))[sig.EMBEDDING].numpy()
     scores = search.normalize(queries) @ search.normalize(items).T
     scores[np.arange(len(own)), own] = -np.inf
     ranks = positive_ranks(scores, positive)

@@ -30,6 +30,7 @@ from components.trainer import export, hparams
 from components.trainer.model import TwoTowerSSL
 from components.trainer.run import feature_layout
 from serving import batching
+from serving import signatures as sig
 from serving.server import Options, Server
 from tests.conftest import catalog_row, serialize_example, tiny_spec, write_transform_graph
 
@@ -61,8 +62,8 @@ def served(tmp_path_factory, request):
     query_dir = str(root / "query_model")
     export.export(model, tft_out, query_dir)
     query_model = tf.saved_model.load(query_dir)
-    items = query_model.signatures["item_embedding_examples"](examples=tf.constant(
-        [serialize_example(r, item_keys) for r in rows]))["embedding"].numpy()
+    items = query_model.signatures[sig.ITEM_EMBEDDING_EXAMPLES](examples=tf.constant(
+        [serialize_example(r, item_keys) for r in rows]))[sig.EMBEDDING].numpy()
     ids = np.array([r["item_item_id"][0].decode() for r in rows], dtype=object)
     bases = {"tiny": str(root / "serving" / "tiny"), "tiny_scann": str(root / "serving" / "scann")}
     index_export.save(index_export.RetrievalModule(query_model, ids, items, K,
@@ -113,7 +114,7 @@ def _oracle(served, queries=QUERIES, keep=False):
     width = max(len(q[k]) for q in queries for k in served["query_keys"])
     dense = {k: tf.constant([[*q[k], *[""] * (width - len(q[k]))] for q in queries])
              for k in served["query_keys"]}
-    emb = served["query_model"].signatures["query_embedding"](**dense)["embedding"].numpy()
+    emb = served["query_model"].signatures[sig.QUERY_EMBEDDING](**dense)[sig.EMBEDDING].numpy()
     scores = search.normalize(emb) @ search.normalize(served["items"]).T
     if not keep:
         own = np.array([q["query_item_id"][0] for q in queries], dtype=object)
@@ -126,17 +127,17 @@ def test_rest_row_and_columnar_match_numpy(served):
     exact_scores, exact_ids = _oracle(served)
     code, body = _post(served, "/v1/models/tiny:predict", {"instances": QUERIES})
     assert code == 200
-    scores = np.array([p["scores"] for p in body["predictions"]])
+    scores = np.array([p[sig.SCORES] for p in body["predictions"]])
     np.testing.assert_allclose(scores, exact_scores, rtol=1e-5, atol=1e-6)
-    assert body["predictions"][0]["item_ids"][0] == exact_ids[0, 0]
+    assert body["predictions"][0][sig.ITEM_IDS][0] == exact_ids[0, 0]
     columnar = {k: [q[k] for q in QUERIES] for k in served["query_keys"]}
     code, body = _post(served, "/v1/models/tiny/versions/1:predict", {"inputs": columnar})
     assert code == 200
-    np.testing.assert_allclose(np.array(body["outputs"]["scores"]), exact_scores, rtol=1e-5,
+    np.testing.assert_allclose(np.array(body["outputs"][sig.SCORES]), exact_scores, rtol=1e-5,
                                atol=1e-6)
     code, body = _post(served, "/v1/models/tiny_scann:predict", {"instances": QUERIES})
     assert code == 200
-    np.testing.assert_allclose(np.array([p["scores"] for p in body["predictions"]]),
+    np.testing.assert_allclose(np.array([p[sig.SCORES] for p in body["predictions"]]),
                                exact_scores, rtol=1e-4, atol=1e-5)
 
 
@@ -150,7 +151,7 @@ def test_grpc_predict_and_metadata_match_numpy(served):
         rows = [[*q[k], *[""] * (2 - len(q[k]))] for q in QUERIES]
         request.inputs[k].CopyFrom(tf.make_tensor_proto(np.array(rows, dtype=object)))
     response = stub.Predict(request, timeout=30)
-    np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]), exact_scores,
+    np.testing.assert_allclose(tf.make_ndarray(response.outputs[sig.SCORES]), exact_scores,
                                rtol=1e-5, atol=1e-6)
     assert response.model_spec.version.value == 1
     meta_request = get_model_metadata_pb2.GetModelMetadataRequest()
@@ -159,7 +160,7 @@ def test_grpc_predict_and_metadata_match_numpy(served):
     meta = stub.GetModelMetadata(meta_request, timeout=30)
     signatures = get_model_metadata_pb2.SignatureDefMap()
     meta.metadata["signature_def"].Unpack(signatures)
-    assert {"serving_default", "retrieve_examples"} <= set(signatures.signature_def)
+    assert {sig.SERVING_DEFAULT, sig.RETRIEVE_EXAMPLES} <= set(signatures.signature_def)
     bad = predict_pb2.PredictRequest()
     bad.model_spec.name = "tiny"
     bad.inputs["nope"].CopyFrom(tf.make_tensor_proto(np.array([["x"]], dtype=object)))
@@ -173,7 +174,7 @@ def test_status_and_metadata(served):
     assert code == 200 and body["model_version_status"][0]["state"] == "AVAILABLE"
     code, body = _get(served, "/v1/models/tiny/metadata")
     assert code == 200
-    assert "serving_default" in body["metadata"]["signature_def"]["signature_def"]
+    assert sig.SERVING_DEFAULT in body["metadata"]["signature_def"]["signature_def"]
 
 
 @pytest.mark.parametrize("path, body, raw, code, message", [
@@ -235,7 +236,7 @@ def test_evaluate_signature_top_k_and_own_item_excluded(served, tmp_path):
     module = index_export.RetrievalModule(served["query_model"], served["ids"],
                                           served["items"], K, exclude_key="query_item_id")
     index_export.save(module, str(tmp_path / "eval"))
-    evaluate = tf.saved_model.load(str(tmp_path / "eval")).signatures["evaluate"]
+    evaluate = tf.saved_model.load(str(tmp_path / "eval")).signatures[sig.EVALUATE]
     examples = []
     for q in QUERIES:
         feats = {k: tf.train.Feature(bytes_list=tf.train.BytesList(
@@ -245,14 +246,14 @@ def test_evaluate_signature_top_k_and_own_item_excluded(served, tmp_path):
     out = evaluate(examples=tf.constant(examples))
     dense = {k: tf.constant([[*q[k], *[""] * (2 - len(q[k]))] for q in QUERIES])
              for k in served["query_keys"]}
-    emb = served["query_model"].signatures["query_embedding"](**dense)["embedding"].numpy()
+    emb = served["query_model"].signatures[sig.QUERY_EMBEDDING](**dense)[sig.EMBEDDING].numpy()
     scores = search.normalize(emb) @ search.normalize(served["items"]).T
     for row, q in enumerate(QUERIES):
         own = list(served["ids"]).index(q["query_item_id"][0])
         scores[row, own] = -np.inf
     top = np.sort(scores, axis=1)[:, ::-1][:, :K]
-    np.testing.assert_allclose(out["scores"].numpy(), (top + 1) / 2, rtol=1e-5, atol=1e-6)
-    classes = out["classes"].numpy().astype(str)
+    np.testing.assert_allclose(out[sig.SCORES].numpy(), (top + 1) / 2, rtol=1e-5, atol=1e-6)
+    classes = out[sig.CLASSES].numpy().astype(str)
     for row, q in enumerate(QUERIES):
         assert q["query_item_id"][0] not in classes[row]
 
@@ -341,7 +342,7 @@ def test_keep_alive_http_1_0_and_1_1(served):
                                           "Connection: keep-alive\r\n"))
             code, headers, body = _read_response(sock)
             assert code == 200 and headers["connection"].lower() == "keep-alive"
-            np.testing.assert_allclose(body["predictions"][0]["scores"], exact_scores[0],
+            np.testing.assert_allclose(body["predictions"][0][sig.SCORES], exact_scores[0],
                                        rtol=1e-5, atol=1e-6)
     with _connect(served) as sock:              # HTTP/1.0 without it: answered, then closed
         sock.sendall(_predict_request({"instances": QUERIES[:1]}, "HTTP/1.0"))
@@ -389,13 +390,13 @@ def _own_in_top(served):
 @pytest.mark.parametrize("model", ["tiny", "tiny_scann"])
 def test_own_item_excluded_by_default_over_rest(served, model):
     queries = _own_in_top(served)
-    for keep, signature in [(False, ""), (True, index_export.KEEP_QUERY_ITEM)]:
+    for keep, signature in [(False, ""), (True, sig.KEEP_QUERY_ITEM)]:
         exact_scores, exact_ids = _oracle(served, queries, keep=keep)
         code, body = _post(served, f"/v1/models/{model}:predict",
                            {"instances": queries, "signature_name": signature})
         assert code == 200, body
-        ids = np.array([p["item_ids"] for p in body["predictions"]])
-        np.testing.assert_allclose(np.array([p["scores"] for p in body["predictions"]]),
+        ids = np.array([p[sig.ITEM_IDS] for p in body["predictions"]])
+        np.testing.assert_allclose(np.array([p[sig.SCORES] for p in body["predictions"]]),
                                    exact_scores, rtol=1e-4, atol=1e-5)
         own = [q["query_item_id"][0] for q in queries]
         assert all((o in row) == keep for o, row in zip(own, ids))
@@ -408,7 +409,7 @@ def test_own_item_excluded_by_default_over_grpc(served, model):
     width = max(len(q[k]) for q in queries for k in served["query_keys"])
     stub = prediction_service_pb2_grpc.PredictionServiceStub(
         grpc.insecure_channel(f"127.0.0.1:{served['server'].grpc_port}"))
-    for keep, signature in [(False, ""), (True, index_export.KEEP_QUERY_ITEM)]:
+    for keep, signature in [(False, ""), (True, sig.KEEP_QUERY_ITEM)]:
         request = predict_pb2.PredictRequest()
         request.model_spec.name = model
         request.model_spec.signature_name = signature
@@ -417,9 +418,9 @@ def test_own_item_excluded_by_default_over_grpc(served, model):
             request.inputs[k].CopyFrom(tf.make_tensor_proto(np.array(rows, dtype=object)))
         response = stub.Predict(request, timeout=30)
         exact_scores, _ = _oracle(served, queries, keep=keep)
-        np.testing.assert_allclose(tf.make_ndarray(response.outputs["scores"]), exact_scores,
+        np.testing.assert_allclose(tf.make_ndarray(response.outputs[sig.SCORES]), exact_scores,
                                    rtol=1e-4, atol=1e-5)
-        ids = tf.make_ndarray(response.outputs["item_ids"]).astype(str)
+        ids = tf.make_ndarray(response.outputs[sig.ITEM_IDS]).astype(str)
         own = [q["query_item_id"][0] for q in queries]
         assert all((o in row) == keep for o, row in zip(own, ids))
 
@@ -443,7 +444,7 @@ def test_grpc_wrong_dtype_and_unknown_signature(served):
             stub.Predict(bad, timeout=30)
         assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
         assert message in e.value.details()
-    assert stub.Predict(request, timeout=30).outputs["scores"].tensor_shape.dim[1].size == K
+    assert stub.Predict(request, timeout=30).outputs[sig.SCORES].tensor_shape.dim[1].size == K
 
 
 TABLE_OPS = {"HashTableV2", "MutableHashTableV2", "InitializeTableFromTextFileV2",
@@ -491,7 +492,7 @@ def test_vocabulary_tables_are_initialized_once_at_load(served, caplog):
         model = tf.saved_model.load(os.path.join(served["bases"]["tiny"], "1"))
         dense = {k: tf.constant([["i1"]]) for k in served["query_keys"]}
         for _ in range(2):
-            model.signatures["serving_default"](**dense)
+            model.signatures[sig.SERVING_DEFAULT](**dense)
     assert not [r for r in caplog.records if "re-initialized" in r.getMessage()]
 
 
@@ -512,7 +513,7 @@ def test_concurrent_requests_of_different_widths_batch_to_the_numpy_answers(serv
         t.join()
     for i in range(len(queries)):
         assert got[i][0] == 200
-        np.testing.assert_allclose(got[i][1]["predictions"][0]["scores"], exact_scores[i],
+        np.testing.assert_allclose(got[i][1]["predictions"][0][sig.SCORES], exact_scores[i],
                                    rtol=1e-5, atol=1e-6)
 
 
@@ -526,8 +527,8 @@ def test_batcher_runs_queued_requests_together_and_isolates_a_bad_one(tmp_path):
     module = tf.Module()
     module.double = tf.function(double, input_signature=[tf.TensorSpec([None, None], tf.float32)])
     tf.saved_model.save(module, str(tmp_path / "double"),
-                        signatures={"serving_default": module.double})
-    fn = tf.saved_model.load(str(tmp_path / "double")).signatures["serving_default"]
+                        signatures={sig.SERVING_DEFAULT: module.double})
+    fn = tf.saved_model.load(str(tmp_path / "double")).signatures[sig.SERVING_DEFAULT]
 
     def runner(f, inputs):
         calls.append(len(inputs["x"]))

@@ -9,6 +9,7 @@ import tensorflow_transform as tft
 from components.trainer import export, hparams
 from components.trainer.model import TwoTowerSSL
 from components.trainer.run import feature_layout
+from serving import signatures as sig
 from tests.conftest import (
     catalog_row,
     log_row,
@@ -48,14 +49,15 @@ def test_export_round_trip_without_transform_output(tiny_root, tmp_path):
     export.export(model, tft_out, path)
     shutil.rmtree(transform_dir)                   # the export must not need it
     loaded = tf.saved_model.load(path)
-    by_examples = loaded.signatures["query_embedding_examples"](
-        examples=tf.constant([serialize_example(r, query_keys) for r in probe]))["embedding"]
-    by_tensors = loaded.signatures["query_embedding"](
-        **{k: _dense(probe, k) for k in query_keys})["embedding"]
-    items = loaded.signatures["item_embedding_examples"](
-        examples=tf.constant([serialize_example(r, item_keys) for r in probe]))["embedding"]
+    by_examples = loaded.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
+        examples=tf.constant([serialize_example(r, query_keys) for r in probe]))[sig.EMBEDDING]
+    by_tensors = loaded.signatures[sig.QUERY_EMBEDDING](
+        **{k: _dense(probe, k) for k in query_keys})[sig.EMBEDDING]
+    items = loaded.signatures[sig.ITEM_EMBEDDING_EXAMPLES](
+        examples=tf.constant([serialize_example(r, item_keys) for r in probe]))[sig.EMBEDDING]
     np.testing.assert_allclose(by_examples.numpy(), expected_q, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(by_tensors.numpy(), expected_q, rtol=1e-6, atol=1e-7)
     np.testing.assert_allclose(items.numpy(), expected_i, rtol=1e-6, atol=1e-7)
-    assert set(loaded.signatures) == {"serving_default", "query_embedding", "item_embedding",
-                                      "query_embedding_examples", "item_embedding_examples"}
+    assert set(loaded.signatures) == {
+        sig.SERVING_DEFAULT, sig.QUERY_EMBEDDING, sig.ITEM_EMBEDDING,
+        sig.QUERY_EMBEDDING_EXAMPLES, sig.ITEM_EMBEDDING_EXAMPLES}

@@ -6,13 +6,14 @@ import dataclasses
 import json
 from typing import TYPE_CHECKING
 
+from serving import signatures as sig
 from transforms import features
 from transforms.spec import DatasetSpec
 
 if TYPE_CHECKING:
     import tensorflow_model_analysis as tfma
 
-SIGNATURE = "evaluate"
+SIGNATURE = sig.EVALUATE
 KS = (10, 50)
 GATE_METRIC = "recall_at_50"
 METRICS_MODULE = "components.evaluate.metrics"

@@ -24,6 +24,8 @@ import apache_beam as beam
 import numpy as np
 from tensorflow_model_analysis.metrics import metric_types
 
+from serving import signatures as sig
+
 MAP_NAME = "map"
 
 
@@ -78,7 +80,7 @@ class _RankedListMetric(metric_types.Metric):
     KIND = ""
 
     def __init__(self, top_k: int, name: Optional[str] = None,
-                 prediction_class_key: str = "classes") -> None:
+                 prediction_class_key: str = sig.CLASSES) -> None:
         super().__init__(_computations, top_k=top_k, name=name or f"{self.KIND}@{top_k}",
                          prediction_class_key=prediction_class_key, kind=self.KIND)
 
@@ -99,7 +101,7 @@ metric_types.register_metric(RecallAtK)
 metric_types.register_metric(MeanAveragePrecisionAtK)
 
 
-def _computations(top_k: int, name: str, kind: str, prediction_class_key: str = "classes",
+def _computations(top_k: int, name: str, kind: str, prediction_class_key: str = sig.CLASSES,
                   eval_config: Any = None, model_names: Optional[List[str]] = None,
                   output_names: Optional[List[str]] = None,
                   example_weighted: bool = False, **_: Any

@@ -13,14 +13,14 @@ from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
 from components.index import executor
 from components.index.search import IndexConfig
-from transforms.spec import DatasetSpec
+from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_to_json
 
 
 class IndexBuilderSpec(types.ComponentSpec):
     """Inputs, outputs and parameters of :class:`IndexBuilder`."""
 
     PARAMETERS = {
-        executor.DATASET_SPEC_KEY: ExecutionParameter(type=str),
+        SPEC_PARAMETER: ExecutionParameter(type=str),
         executor.INDEX_CONFIG_KEY: ExecutionParameter(type=str),
     }
     INPUTS = {
@@ -56,7 +56,7 @@ class IndexBuilder(base_beam_component.BaseBeamComponent):
         """Builds the component."""
         config = config or IndexConfig()
         super().__init__(spec=IndexBuilderSpec(
-            dataset_spec=json.dumps(spec.to_dict(), sort_keys=True),
+            **{SPEC_PARAMETER: spec_to_json(spec)},
             index_config=json.dumps(dataclasses.asdict(config), sort_keys=True),
             model=model, examples=examples,
             scann_model=channel.Channel(type=standard_artifacts.Model),

@@ -14,17 +14,18 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
 from components.index import export, search
+from serving import signatures as sig
 from transforms import features
-from transforms.spec import spec_from_dict
+from transforms.spec import SPEC_PARAMETER, spec_from_json
 
 MODEL_KEY = "model"
 EXAMPLES_KEY = "examples"
 SCANN_MODEL_KEY = "scann_model"
 BRUTE_FORCE_MODEL_KEY = "brute_force_model"
-DATASET_SPEC_KEY = "dataset_spec"
 INDEX_CONFIG_KEY = "index_config"
 SERVING_DIR = "Format-Serving"
 EMBEDDINGS_DIR = "embeddings"
+EMBEDDING_FEATURE = "embedding"       # of the item-embedding records in EMBEDDINGS_DIR
 
 
 class RecallTooLowError(ValueError):
@@ -39,17 +40,17 @@ class EmbedItems(beam.DoFn):
 
     def setup(self) -> None:
         """Loads the SavedModel once per worker."""
-        self.fn = tf.saved_model.load(self.model_dir).signatures["item_embedding_examples"]
+        self.fn = tf.saved_model.load(self.model_dir).signatures[sig.ITEM_EMBEDDING_EXAMPLES]
 
     def process(self, batch: list[bytes]) -> Iterator[bytes]:
         """Yields one tf.Example (``id``, ``embedding``) per item."""
-        vectors = self.fn(examples=tf.constant(batch))["embedding"].numpy()
+        vectors = self.fn(examples=tf.constant(batch))[sig.EMBEDDING].numpy()
         for serialized, vector in zip(batch, vectors):
             row = tf.train.Example.FromString(serialized).features.feature
             out = tf.train.Example()
             out.features.feature["id"].bytes_list.value.extend(
                 row[self.id_key].bytes_list.value[:1])
-            out.features.feature["embedding"].float_list.value.extend(vector.tolist())
+            out.features.feature[EMBEDDING_FEATURE].float_list.value.extend(vector.tolist())
             yield out.SerializeToString()
 
 
@@ -60,7 +61,7 @@ def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray]:
     for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
         ex = tf.train.Example.FromString(record.numpy()).features.feature
         ids.append(ex["id"].bytes_list.value[0].decode())
-        vectors.append(np.asarray(ex["embedding"].float_list.value, np.float32))
+        vectors.append(np.asarray(ex[EMBEDDING_FEATURE].float_list.value, np.float32))
     order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
     return np.asarray(ids, dtype=object)[order], np.stack(vectors)[order]
 
@@ -76,7 +77,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
            exec_properties: dict[str, Any]) -> None:  # noqa: N802
         """Embeds, builds, measures recall, exports both retrieval models."""
-        spec = spec_from_dict(json.loads(exec_properties[DATASET_SPEC_KEY]))
+        spec = spec_from_json(exec_properties[SPEC_PARAMETER])
         config = search.IndexConfig(**json.loads(exec_properties[INDEX_CONFIG_KEY]))
         model = artifact_utils.get_single_instance(input_dict[MODEL_KEY])
         model_dir = os.path.join(model.uri, SERVING_DIR)
@@ -122,8 +123,8 @@ def measure_recall(query_model: Any, searcher: Any, items: np.ndarray, queries: 
     """ScaNN's recall@k against brute force, by scores, on real eval queries."""
     if not queries:
         return 1.0
-    fn = query_model.signatures["query_embedding_examples"]
-    embedded = fn(examples=tf.constant(queries))["embedding"].numpy()
+    fn = query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES]
+    embedded = fn(examples=tf.constant(queries))[sig.EMBEDDING].numpy()
     k = min(k, len(items))
     _, approx_scores = searcher.search_batched(search.normalize(embedded),
                                                final_num_neighbors=k)

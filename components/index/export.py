@@ -31,12 +31,9 @@ import numpy as np
 import tensorflow as tf
 
 from components.index import search
+from serving import signatures as sig
 
 SCANN_NAMESPACE = "Scann"
-
-
-KEEP_QUERY_ITEM = "keep_query_item"
-RETRIEVE_EXAMPLES = "retrieve_examples"
 
 
 def _first(values: tf.Tensor) -> tf.Tensor:
@@ -84,7 +81,7 @@ class RetrievalModule(tf.Module):
             top = tf.math.top_k(tf.where(hit, tf.constant(-np.inf, scores.dtype), scores),
                                 k=self.k)
             scores, indices = top.values, tf.gather(indices, top.indices, batch_dims=1)
-        return {"item_ids": tf.gather(self.item_ids, indices), "scores": scores}
+        return {sig.ITEM_IDS: tf.gather(self.item_ids, indices), sig.SCORES: scores}
 
     def _own_from_examples(self, examples: tf.Tensor) -> tf.Tensor:
         own = tf.io.parse_example(examples, {self.exclude_key: tf.io.VarLenFeature(
@@ -97,38 +94,38 @@ class RetrievalModule(tf.Module):
         With ``exclude_key`` both leave the query's own item out, and
         ``keep_query_item`` / ``retrieve_examples_keep_query_item`` keep it.
         """
-        dense = self.query_model.signatures["query_embedding"]
+        dense = self.query_model.signatures[sig.QUERY_EMBEDDING]
         specs = dense.structured_input_signature[1]
-        to_examples = self.query_model.signatures["query_embedding_examples"]
-        examples_spec = [tf.TensorSpec([None], tf.string, name="examples")]
+        to_examples = self.query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES]
+        examples_spec = [tf.TensorSpec([None], tf.string, name=sig.EXAMPLES)]
 
         def signature_pair(exclude: bool) -> tuple[Any, Any]:
             def from_dense(**inputs: tf.Tensor) -> dict[str, tf.Tensor]:
                 own = _first(inputs[self.exclude_key]) if exclude else None
-                return self._top_k(dense(**inputs)["embedding"], own)
+                return self._top_k(dense(**inputs)[sig.EMBEDDING], own)
 
             def from_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
                 own = self._own_from_examples(examples) if exclude else None
-                return self._top_k(to_examples(examples=examples)["embedding"], own)
+                return self._top_k(to_examples(examples=examples)[sig.EMBEDDING], own)
 
             return (tf.function(from_dense).get_concrete_function(**specs),
                     tf.function(from_examples, input_signature=examples_spec
                                 ).get_concrete_function())
 
         dense_fn, examples_fn = signature_pair(bool(self.exclude_key))
-        out = {"serving_default": dense_fn, RETRIEVE_EXAMPLES: examples_fn}
+        out = {sig.SERVING_DEFAULT: dense_fn, sig.RETRIEVE_EXAMPLES: examples_fn}
         if self.exclude_key:
             keep_dense, keep_examples = signature_pair(False)
-            out[KEEP_QUERY_ITEM] = keep_dense
-            out[f"{RETRIEVE_EXAMPLES}_{KEEP_QUERY_ITEM}"] = keep_examples
+            out[sig.KEEP_QUERY_ITEM] = keep_dense
+            out[sig.RETRIEVE_EXAMPLES_KEEP_QUERY_ITEM] = keep_examples
         if self.scann is None:
             evaluate = tf.function(self._evaluate, input_signature=examples_spec)
-            out["evaluate"] = evaluate.get_concrete_function()
+            out[sig.EVALUATE] = evaluate.get_concrete_function()
         return out
 
     def _evaluate(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
-        embedding = self.query_model.signatures["query_embedding_examples"](
-            examples=examples)["embedding"]
+        embedding = self.query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
+            examples=examples)[sig.EMBEDDING]
         scores = tf.matmul(tf.math.l2_normalize(embedding, axis=-1), self.items,
                            transpose_b=True)
         if self.exclude_key:
@@ -136,8 +133,8 @@ class RetrievalModule(tf.Module):
             scores = tf.where(tf.equal(self.item_ids[None, :], own[:, None]),
                               tf.constant(-2.0, scores.dtype), scores)
         top = tf.math.top_k(scores, k=self.k)
-        return {"classes": tf.gather(self.item_ids, top.indices),
-                "scores": tf.clip_by_value((top.values + 1.0) / 2.0, 0.0, 1.0)}
+        return {sig.CLASSES: tf.gather(self.item_ids, top.indices),
+                sig.SCORES: tf.clip_by_value((top.values + 1.0) / 2.0, 0.0, 1.0)}
 
 
 def save(module: RetrievalModule, path: str) -> None:

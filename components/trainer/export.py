@@ -22,6 +22,7 @@ import tensorflow as tf
 import tensorflow_transform as tft
 
 from components.trainer.model import TwoTowerSSL
+from serving import signatures as sig
 from transforms import features
 
 
@@ -70,13 +71,13 @@ class EmbeddingExport(tf.Module):
         """Query embedding from named [N, M] string tensors."""
         n = tf.shape(next(iter(inputs.values())))[0]
         raw = {k: _dense_to_sparse(v) for k, v in inputs.items()}
-        return {"embedding": self.model.query_embedding(self.transform(raw, n))}
+        return {sig.EMBEDDING: self.model.query_embedding(self.transform(raw, n))}
 
     def item_from_dense(self, inputs: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
         """Item embedding from named [N, M] string tensors."""
         n = tf.shape(next(iter(inputs.values())))[0]
         raw = {k: _dense_to_sparse(v) for k, v in inputs.items()}
-        return {"embedding": self.model.item_embedding(self.transform(raw, n))}
+        return {sig.EMBEDDING: self.model.item_embedding(self.transform(raw, n))}
 
     def signatures(self) -> dict[str, tf.types.experimental.ConcreteFunction]:
         """The concrete functions to save (see the module docstring)."""
@@ -88,22 +89,22 @@ class EmbeddingExport(tf.Module):
         item_dense = tf.function(self.item_from_dense).get_concrete_function(
             dense_spec(self.item_keys))
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=sig.EXAMPLES)])
         def query_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
             raw = self._parse(examples, self.query_keys)
             n = tf.shape(examples)[0]
-            return {"embedding": self.model.query_embedding(self.transform(raw, n))}
+            return {sig.EMBEDDING: self.model.query_embedding(self.transform(raw, n))}
 
-        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name="examples")])
+        @tf.function(input_signature=[tf.TensorSpec([None], tf.string, name=sig.EXAMPLES)])
         def item_examples(examples: tf.Tensor) -> dict[str, tf.Tensor]:
             raw = self._parse(examples, self.item_keys)
             n = tf.shape(examples)[0]
-            return {"embedding": self.model.item_embedding(self.transform(raw, n))}
+            return {sig.EMBEDDING: self.model.item_embedding(self.transform(raw, n))}
 
-        return {"serving_default": query_dense, "query_embedding": query_dense,
-                "item_embedding": item_dense,
-                "query_embedding_examples": query_examples.get_concrete_function(),
-                "item_embedding_examples": item_examples.get_concrete_function()}
+        return {sig.SERVING_DEFAULT: query_dense, sig.QUERY_EMBEDDING: query_dense,
+                sig.ITEM_EMBEDDING: item_dense,
+                sig.QUERY_EMBEDDING_EXAMPLES: query_examples.get_concrete_function(),
+                sig.ITEM_EMBEDDING_EXAMPLES: item_examples.get_concrete_function()}
 
 
 def raw_keys(model: TwoTowerSSL) -> tuple[list[str], list[str]]:
