@@ -8,6 +8,7 @@ from typing import Any, Mapping, Optional
 
 from components.evaluate.config import EvalSettings
 from components.index.search import IndexConfig
+from components.join.component import DEFAULT_SIDE_INPUT_MAX_ITEMS
 from components.trainer import hparams
 from transforms.spec import DatasetSpec
 
@@ -34,6 +35,9 @@ class PipelineConfig:
         ``train_frequency``.
       correlation_max_values: features with more distinct values are hashed
         into this many buckets for the MI statistics.
+      join_side_input_max_items: JoinExamples holds a catalog of at most
+        this many rows in each worker's memory (a side input) instead of
+        joining by keyed shuffles; 0 always shuffles.
       hparams: Trainer hyper-parameters (see ``components.trainer.hparams``);
         validated here, once.
       train_variants: one Trainer per variant; the first is ``Trainer``, the
@@ -56,6 +60,7 @@ class PipelineConfig:
     span: Optional[int] = None
     correlation_weighting: str = "items"
     correlation_max_values: int = 10_000
+    join_side_input_max_items: int = DEFAULT_SIDE_INPUT_MAX_ITEMS
     hparams: Mapping[str, Any] = dataclasses.field(default_factory=dict)
     train_variants: tuple[str, ...] = ("cfm",)
     span_window: bool = True
@@ -81,6 +86,9 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"eval slice features {unknown} are not item features of "
                              f"{self.spec.name!r}; choose from {names}.")
+        if self.join_side_input_max_items < 0:
+            raise ValueError(f"join_side_input_max_items must be >= 0, got "
+                             f"{self.join_side_input_max_items}.")
         if self.correlation_max_values < 2:
             raise ValueError(f"correlation_max_values must be >= 2, got "
                              f"{self.correlation_max_values}.")
