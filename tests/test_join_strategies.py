@@ -129,3 +129,16 @@ def test_catalog_without_a_row_count_is_shuffled():
 def test_negative_threshold_is_refused():
     with pytest.raises(ValueError, match="side_input_max_items must be >= 0, got -1"):
         join_executor.choose_strategy(_catalog_artifact(5), -1)
+
+
+def test_pipeline_config_wires_the_threshold_into_the_join(tiny_root, tmp_path):
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import data_components
+
+    config = PipelineConfig(spec=tiny_spec(tiny_root), run_root=str(tmp_path),
+                            join_side_input_max_items=123)
+    join = {c.id: c for c in data_components(config)}["JoinExamples"]
+    assert join.exec_properties[join_executor.SIDE_INPUT_MAX_ITEMS_KEY] == 123
+    with pytest.raises(ValueError, match="join_side_input_max_items must be >= 0, got -5"):
+        PipelineConfig(spec=tiny_spec(tiny_root), run_root=str(tmp_path),
+                       join_side_input_max_items=-5)
