@@ -102,7 +102,9 @@ def _markdown(values: dict[str, object]) -> str:
         lines.append(f"| {step} (s) | " + " | ".join(
             _cell(values, f"{c}_step_{step}_s") for c, _ in cols) + " |")
     for case in CASES:
-        if f"{BEFORE}{case}_wall_s" in values and f"{case}_wall_s" in values:
+        sizes = [(values.get(f"{p}{case}_catalog_items"), values.get(f"{p}{case}_log_pairs"))
+                 for p in (BEFORE, "")]
+        if f"{case}_wall_s" in values and sizes[0] == sizes[1]:
             lines += ["", f"{case}: wall-time ratio after / before "
                       f"{values[f'{case}_wall_s'] / values[f'{BEFORE}{case}_wall_s']:.2f}."]
     return "\n".join(lines) + "\n"
@@ -136,13 +138,13 @@ def main() -> None:
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-data-half-")
     from pipeline.datasets import movielens, synthetic
-    values: dict[str, object] = {**_before(), "machine_load_start": os.getloadavg()[0]}
+    values: dict[str, object] = {**_before(), "machine_load_start": round(os.getloadavg()[0], 1)}
     ml_spec = movielens.prepare(os.path.join(work, "ml-data"), "data/cache")
     values.update(_case("movielens", ml_spec, work, tuple(args.beam_arg)))
     syn_spec = synthetic.generate(synthetic.SyntheticConfig(
         n_items=args.items, n_pairs=args.pairs, seed=0), os.path.join(work, "syn-data"))
     values.update(_case("synthetic", syn_spec, work, tuple(args.beam_arg)))
-    values["machine_load_end"] = os.getloadavg()[0]
+    values["machine_load_end"] = round(os.getloadavg()[0], 1)
     write_results("data_half", values, _markdown)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
