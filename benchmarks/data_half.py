@@ -123,8 +123,8 @@ def _before() -> dict[str, object]:
     kept = {BEFORE + k: v for k, v in old.items() if k.startswith(CASES)
             and not k.startswith("synthetic_in_memory")}
     kept.update({f"{BEFORE}{c}_join_strategy": "shuffle" for c in CASES})
-    kept["before_note"] = (f"the results file this run replaced (command "
-                           f"`{old.get('command')}`), carried over, not rerun.")
+    kept["before_note"] = ("the results file this run replaced (see its git history), "
+                           "carried over, not rerun.")
     return kept
 
 
