@@ -53,7 +53,7 @@ def _child(examples_uri: str, out_uri: str) -> None:
 
     from components.correlation import executor
     from components.correlation.component import FeatureCorrelations
-    from transforms.spec import parse_spec
+    from transforms.spec import SPEC_PARAMETER, parse_spec, spec_to_json
 
     spec = parse_spec({"name": "bench", "catalog": {
         "path": "c", "id": "item_id", "features": [
@@ -66,7 +66,7 @@ def _child(examples_uri: str, out_uri: str) -> None:
     out.uri = out_uri
     executor.Executor(executor.Executor.Context(beam_pipeline_args=list(LOCAL_BEAM_ARGS))).Do(
         {"examples": [examples]}, {"correlation": [out]},
-        {"dataset_spec": json.dumps(spec.to_dict()), "weighting": "items",
+        {SPEC_PARAMETER: spec_to_json(spec), "weighting": "items",
          "max_values": 10_000, "measure": "ami"})
 
 

@@ -1,10 +1,13 @@
-"""Wall time and peak memory of the pipeline's data half.
+"""Wall time and peak memory of the pipeline's data half, before/after.
 
 Cases: MovieLens-1M and a synthetic catalog of ``--items`` items with
 ``--pairs`` log rows. Each case is a fresh, uncached run of
 ``python -m pipeline run`` with the default DirectRunner flags (one process
 per core); per-step seconds come from ML Metadata. Run from the repository
 root: ``python benchmarks/data_half.py``.
+
+The ``before_*`` keys are carried over from the results file: on the first
+rerun of a file without them, its case keys become the ``before_*`` keys.
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import RESULTS, run_measured, write_results  # noqa: E402
 from components.join import executor as join_executor  # noqa: E402
 from pipeline import records  # noqa: E402
-from pipeline.config import IN_MEMORY_BEAM_ARGS, PipelineConfig  # noqa: E402
+from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
 
@@ -58,50 +61,71 @@ def _case(label: str, spec_path: str, work: str, beam_args: tuple[str, ...] = ()
         f"{label}_catalog_items": summary["catalog"],
         f"{label}_log_pairs": rows,
         f"{label}_pairs_per_s": round(rows / wall),
+        f"{label}_join_strategy": join.properties["examples"].get(
+            join_executor.STRATEGY_PROPERTY, "shuffle"),
     }
     for node, seconds in _step_seconds(run_root, spec_path).items():
         values[f"{label}_step_{node}_s"] = round(seconds, 1)
     return values
 
 
-def _markdown(values: dict[str, object], labels: list[str]) -> str:
-    lines = ["# Data half: wall time and peak memory", "",
+CASES = ("movielens", "synthetic")
+BEFORE = "before_"
+
+
+def _cell(values: dict[str, object], key: str) -> str:
+    return str(values.get(key, ""))
+
+
+def _markdown(values: dict[str, object]) -> str:
+    cols = [(BEFORE + c, f"{c} before") for c in CASES] + [(c, f"{c} after") for c in CASES]
+    cols.sort(key=lambda c: CASES.index(c[0].removeprefix(BEFORE)))
+    lines = ["# Data half: wall time and peak memory, before/after", "",
              f"Command: `{values['command']}`; machine: {values['machine_cpus']} CPUs, "
-             f"{values['machine_memory_gib']} GiB. Fresh uncached runs of the data half "
+             f"{values['machine_memory_gib']} GiB; 1-minute load average at the start / end: "
+             f"{values['machine_load_start']} / {values['machine_load_end']} (2 would mean "
+             "both CPUs busy with this benchmark alone). Fresh uncached runs of the data half "
              "(ingest, validation, join, Transform, FeatureCorrelation), DirectRunner "
-             "multi-processing unless the case says in-memory. Peak memory is the summed "
-             "RSS of the pipeline process and its Beam workers.", "",
-             "| case | items | pairs | wall (s) | peak RSS (MiB) | pairs/s |",
-             "|---|---|---|---|---|---|"]
-    for label in labels:
-        lines.append(f"| {label} | {values[f'{label}_catalog_items']} | "
-                     f"{values[f'{label}_log_pairs']} | {values[f'{label}_wall_s']} | "
-                     f"{values[f'{label}_peak_rss_mib']} | {values[f'{label}_pairs_per_s']} |")
-    lines += ["", "Seconds per step:", "", "| step | " + " | ".join(labels) + " |",
-              "|---|" + "---|" * len(labels)]
+             "multi-processing. Peak memory is the summed RSS of the pipeline process and its "
+             "Beam workers. Goals on 2 cores: MovieLens-1M <= 90 s; 1M items / 500k pairs "
+             "<= 600 s at <= 8 GiB.", "",
+             f"*Before*: {values.get('before_note', '')}", "",
+             "| | " + " | ".join(name for _, name in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for metric, label in [("catalog_items", "items"), ("log_pairs", "pairs"),
+                          ("wall_s", "wall (s)"), ("peak_rss_mib", "peak RSS (MiB)"),
+                          ("pairs_per_s", "pairs/s"), ("join_strategy", "join strategy")]:
+        lines.append(f"| {label} | " + " | ".join(
+            _cell(values, f"{c}_{metric}") for c, _ in cols) + " |")
     steps = sorted({k.split("_step_")[1][:-2] for k in values if "_step_" in k})
     for step in steps:
-        cells = [str(values.get(f"{label}_step_{step}_s", "")) for label in labels]
-        lines.append(f"| {step} | " + " | ".join(cells) + " |")
-    if "ratio_wall_in_memory_vs_multi_processing" in values:
-        lines += ["", "DirectRunner in-memory (one process) vs multi-processing (one worker per "
-                  "core) on the synthetic case, wall-time ratio: "
-                  f"{values['ratio_wall_in_memory_vs_multi_processing']}."]
-    if "ratio_wall_synthetic_vs_movielens" in values:
-        lines += ["", f"Wall-time ratio synthetic / MovieLens: "
-                  f"{values['ratio_wall_synthetic_vs_movielens']}; per pair: "
-                  f"{values['ratio_s_per_pair_synthetic_vs_movielens']}."]
+        lines.append(f"| {step} (s) | " + " | ".join(
+            _cell(values, f"{c}_step_{step}_s") for c, _ in cols) + " |")
+    for case in CASES:
+        sizes = [(values.get(f"{p}{case}_catalog_items"), values.get(f"{p}{case}_log_pairs"))
+                 for p in (BEFORE, "")]
+        if f"{case}_wall_s" in values and sizes[0] == sizes[1]:
+            lines += ["", f"{case}: wall-time ratio after / before "
+                      f"{values[f'{case}_wall_s'] / values[f'{BEFORE}{case}_wall_s']:.2f}."]
     return "\n".join(lines) + "\n"
 
 
-def _previous() -> dict[str, object]:
+def _before() -> dict[str, object]:
+    """``before_*`` values of the results file (its case keys if it has none)."""
     path = os.path.join(RESULTS, "data_half.json")
     if not os.path.exists(path):
         return {}
     with open(path) as f:
-        values = json.load(f)
-    return {k: v for k, v in values.items()
-            if k != "command" and not k.startswith("machine_")}
+        old = json.load(f)
+    kept = {k: v for k, v in old.items() if k.startswith(BEFORE)}
+    if kept:
+        return kept
+    kept = {BEFORE + k: v for k, v in old.items() if k.startswith(CASES)
+            and not k.startswith("synthetic_in_memory")}
+    kept.update({f"{BEFORE}{c}_join_strategy": "shuffle" for c in CASES})
+    kept["before_note"] = ("the results file this run replaced (see its git history), "
+                           "carried over, not rerun.")
+    return kept
 
 
 def main() -> None:
@@ -109,37 +133,19 @@ def main() -> None:
     parser.add_argument("--items", type=int, default=1_000_000)
     parser.add_argument("--pairs", type=int, default=500_000)
     parser.add_argument("--work", default=None, help="scratch folder (default: a temp dir)")
-    parser.add_argument("--skip-in-memory", action="store_true",
-                        help="skip the DirectRunner in-memory run of the synthetic case")
-    parser.add_argument("--in-memory-only", action="store_true",
-                        help="add only the in-memory case to the existing results")
+    parser.add_argument("--beam-arg", action="append", default=[], metavar="FLAG",
+                        help="extra Beam flag for every case (repeatable)")
     args = parser.parse_args()
     work = args.work or tempfile.mkdtemp(prefix="bench-data-half-")
     from pipeline.datasets import movielens, synthetic
-    ml_spec = (None if args.in_memory_only else
-               movielens.prepare(os.path.join(work, "ml-data"), "data/cache"))
+    values: dict[str, object] = {**_before(), "machine_load_start": round(os.getloadavg()[0], 1)}
+    ml_spec = movielens.prepare(os.path.join(work, "ml-data"), "data/cache")
+    values.update(_case("movielens", ml_spec, work, tuple(args.beam_arg)))
     syn_spec = synthetic.generate(synthetic.SyntheticConfig(
         n_items=args.items, n_pairs=args.pairs, seed=0), os.path.join(work, "syn-data"))
-    values: dict[str, object] = {}
-    if args.in_memory_only:
-        values = _previous()
-        if "synthetic_wall_s" not in values:
-            raise SystemExit("run without --in-memory-only first (needs the synthetic case)")
-    else:
-        values.update(_case("movielens", ml_spec, work))
-        values.update(_case("synthetic", syn_spec, work))
-    if not args.skip_in_memory:
-        values.update(_case("synthetic_in_memory", syn_spec, work, IN_MEMORY_BEAM_ARGS))
-        values["ratio_wall_in_memory_vs_multi_processing"] = round(
-            values["synthetic_in_memory_wall_s"] / values["synthetic_wall_s"], 2)
-    values["ratio_wall_synthetic_vs_movielens"] = round(
-        values["synthetic_wall_s"] / values["movielens_wall_s"], 2)
-    values["ratio_s_per_pair_synthetic_vs_movielens"] = round(
-        (values["synthetic_wall_s"] / values["synthetic_log_pairs"])
-        / (values["movielens_wall_s"] / values["movielens_log_pairs"]), 2)
-    labels = ["movielens", "synthetic"] + (
-        ["synthetic_in_memory"] if "synthetic_in_memory_wall_s" in values else [])
-    write_results("data_half", values, lambda v: _markdown(v, labels))
+    values.update(_case("synthetic", syn_spec, work, tuple(args.beam_arg)))
+    values["machine_load_end"] = round(os.getloadavg()[0], 1)
+    write_results("data_half", values, _markdown)
     if not args.work:
         shutil.rmtree(work, ignore_errors=True)
 

@@ -9,6 +9,7 @@ from typing import Optional
 from components.correlation.settings import CorrelationSettings
 from components.evaluate.config import EvalSettings
 from components.index.search import IndexConfig
+from components.join import DEFAULT_SIDE_INPUT_MAX_ITEMS
 from components.trainer import hparams
 from transforms.spec import DatasetSpec
 
@@ -32,6 +33,9 @@ class PipelineConfig:
       span: ingest this log span (None: the latest span).
       correlation: FeatureCorrelation's weighting, hashing limit and
         grouping measure (validated by ``CorrelationSettings``).
+      join_side_input_max_items: JoinExamples holds a catalog of at most
+        this many rows in each worker's memory (a side input) instead of
+        joining by keyed shuffles; 0 always shuffles. Validated here, once.
       hparams: Trainer hyper-parameters, validated once where they enter
         (``components.trainer.hparams.from_dict`` in the CLI / compiler); each
         Trainer gets them with its variant.
@@ -54,6 +58,7 @@ class PipelineConfig:
     enable_cache: bool = True
     span: Optional[int] = None
     correlation: CorrelationSettings = dataclasses.field(default_factory=CorrelationSettings)
+    join_side_input_max_items: int = DEFAULT_SIDE_INPUT_MAX_ITEMS
     hparams: hparams.HParams = dataclasses.field(default_factory=hparams.HParams)
     train_variants: tuple[str, ...] = ("cfm",)
     span_window: bool = True
@@ -78,6 +83,9 @@ class PipelineConfig:
         if unknown:
             raise ValueError(f"eval slice features {unknown} are not item features of "
                              f"{self.spec.name!r}; choose from {names}.")
+        if self.join_side_input_max_items < 0:
+            raise ValueError(f"join_side_input_max_items must be >= 0, got "
+                             f"{self.join_side_input_max_items}.")
 
     def trainer_hparams(self, variant: str) -> hparams.HParams:
         """The hyper-parameters of the Trainer of ``variant``."""

@@ -73,7 +73,8 @@ def data_components(config: PipelineConfig) -> list[Any]:
                                                    spec.catalog_schema)
     window, logs = _log_window(config, logs_gen)
     join = JoinExamples(spec, logs=logs, catalog=catalog_gen.outputs["examples"],
-                        logs_anomalies=logs_anomalies, catalog_anomalies=catalog_anomalies
+                        logs_anomalies=logs_anomalies, catalog_anomalies=catalog_anomalies,
+                        side_input_max_items=config.join_side_input_max_items
                         ).with_id(nodes.JOIN)
     analyze = [features.CATALOG_SPLIT]
     if spec.context_features:

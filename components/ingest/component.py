@@ -6,7 +6,6 @@ adds two execution parameters: the dataset spec (JSON) and the table kind.
 
 from __future__ import annotations
 
-import json
 from typing import Optional
 
 from tfx.components.example_gen import driver
@@ -16,7 +15,7 @@ from tfx.types import channel, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 
 from components.ingest import executor, rows
-from transforms.spec import DatasetSpec
+from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_to_json
 
 
 class ContractExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
@@ -24,7 +23,7 @@ class ContractExampleGenSpec(standard_component_specs.FileBasedExampleGenSpec):
 
     PARAMETERS = {
         **standard_component_specs.FileBasedExampleGenSpec.PARAMETERS,
-        executor.DATASET_SPEC_KEY: ExecutionParameter(type=str),
+        SPEC_PARAMETER: ExecutionParameter(type=str),
         executor.TABLE_KEY: ExecutionParameter(type=str),
     }
 
@@ -65,7 +64,7 @@ class ContractExampleGen(base_beam_component.BaseBeamComponent):
             range_config=range_config,
             output_data_format=example_gen_pb2.FORMAT_TF_EXAMPLE,
             output_file_format=example_gen_pb2.FORMAT_TFRECORDS_GZIP,
-            dataset_spec=json.dumps(spec.to_dict(), sort_keys=True),
+            **{SPEC_PARAMETER: spec_to_json(spec)},
             table=table,
             examples=channel.Channel(type=standard_artifacts.Examples)))
 

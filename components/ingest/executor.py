@@ -21,9 +21,8 @@ from tfx.components.example_gen import base_example_gen_executor
 from tfx.types import artifact_utils, standard_component_specs
 
 from components.ingest import rows
-from transforms.spec import spec_from_dict
+from transforms.spec import SPEC_PARAMETER, spec_from_json
 
-DATASET_SPEC_KEY = "dataset_spec"
 TABLE_KEY = "table"
 REPORT_DIR_KEY = "_report_dir"
 REPORT_DIR = "report"
@@ -31,19 +30,25 @@ COUNTS_FILE = "counts.json"
 ROWS_OK = "rows_ok"
 
 
-def _dedupe(item: tuple[str, Iterable[rows.Row]],
-            policy: str) -> Iterator[Union[rows.Row, rows.Reject]]:
+def _dedupe(item: tuple[str, Iterable[tuple[str, bytes]]],
+            policy: str) -> Iterator[Union[bytes, rows.Reject]]:
+    """The first definition of one catalog id (by file, line), as a serialized Example.
+
+    Args:
+      item: an item id and its ``(file:line, serialized Example)`` rows.
+      policy: ``error`` or ``keep_first`` (later definitions are rejects).
+    """
     item_id, group = item
-    ordered = sorted(group, key=lambda r: _location_key(r.location))
+    ordered = sorted(group, key=lambda r: _location_key(r[0]))
     if len(ordered) > 1 and policy == "error":
-        places = ", ".join(r.location for r in ordered[:5])
+        places = ", ".join(location for location, _ in ordered[:5])
         raise rows.InputError(
             f"catalog item id {item_id!r} appears {len(ordered)} times ({places}). "
             "Make catalog ids unique, or set on_bad_input.duplicate_item: keep_first.")
-    yield ordered[0]
-    for dup in ordered[1:]:
-        yield rows.Reject(rows.DUPLICATE, dup.location,
-                          f"item id {item_id!r} already defined at {ordered[0].location}")
+    yield ordered[0][1]
+    for location, _ in ordered[1:]:
+        yield rows.Reject(rows.DUPLICATE, location,
+                          f"item id {item_id!r} already defined at {ordered[0][0]}")
 
 
 def _location_key(location: str) -> tuple[str, int]:
@@ -81,8 +86,12 @@ def _WriteReport(  # pylint: disable=invalid-name
 def _ContractCsvToExample(  # pylint: disable=invalid-name
     pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str
 ) -> beam.PCollection:
-    """Reads the files matching ``split_pattern`` into tf.Examples."""
-    spec = spec_from_dict(json.loads(exec_properties[DATASET_SPEC_KEY]))
+    """Reads the files matching ``split_pattern`` into tf.Examples.
+
+    Log rows stay ``tf.train.Example`` protos (ExampleGen splits them by a
+    feature); catalog rows leave the id de-duplication serialized.
+    """
+    spec = spec_from_json(exec_properties[SPEC_PARAMETER])
     table = rows.table_for(spec, exec_properties[TABLE_KEY])
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     files = sorted(tf.io.gfile.glob(os.path.join(input_base, split_pattern)))
@@ -97,15 +106,19 @@ def _ContractCsvToExample(  # pylint: disable=invalid-name
     good = parsed | "Rows" >> beam.Filter(lambda r: isinstance(r, rows.Row))
     rejects = parsed | "Rejects" >> beam.Filter(lambda r: isinstance(r, rows.Reject))
     if table.kind == rows.CATALOG:
+        # The shuffle carries (id, (file:line, bytes)): cheap to encode, unlike Rows.
         deduped = (good
-                   | "ById" >> beam.Map(lambda r: (r.key, r))
+                   | "ById" >> beam.Map(
+                       lambda r: (r.key, (r.location, r.example.SerializeToString())))
                    | "GroupById" >> beam.GroupByKey()
                    | "Dedupe" >> beam.FlatMap(_dedupe, table.duplicate_item))
-        good = deduped | "Unique" >> beam.Filter(lambda r: isinstance(r, rows.Row))
+        examples = deduped | "Unique" >> beam.Filter(lambda r: isinstance(r, bytes))
         dups = deduped | "Dups" >> beam.Filter(lambda r: isinstance(r, rows.Reject))
         rejects = (rejects, dups) | "AllRejects" >> beam.Flatten()
-    _ = good | "Report" >> _WriteReport(rejects, exec_properties[REPORT_DIR_KEY])
-    return good | "ToExample" >> beam.Map(lambda r: r.example)
+    else:
+        examples = good | "ToExample" >> beam.Map(lambda r: r.example)
+    _ = examples | "Report" >> _WriteReport(rejects, exec_properties[REPORT_DIR_KEY])
+    return examples
 
 
 def read_counts(examples_uri: str) -> dict[str, int]:

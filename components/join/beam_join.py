@@ -1,19 +1,33 @@
 """Beam transforms of the join step: logs x catalog -> train/eval/catalog rows.
 
-Rows travel as ``dict[str, list[bytes]]``. The join is three keyed
-shuffles (``CoGroupByKey``), so no side holds the catalog in memory:
+Input rows are ``dict[str, list[bytes]]``. A joined row travels as a
+serialized partial ``tf.train.Example``: protocol buffers parse the
+concatenation of two serialized messages as their merge, so the Example of
+a log row is the bytes of its item's ``item_*`` part, its ``context_*``
+part, its query item's ``query_*`` part and the ``item_train_count`` /
+``item_bucket`` / ``is_catalog_row`` part, joined. Each catalog item's parts
+are serialized once, not once per log row. Two strategies give identical
+Examples:
+
+``shuffle`` (any catalog size): three keyed shuffles (``CoGroupByKey``), so
+no worker holds the catalog in memory:
 
 1. logs by engaged item with the catalog: attaches ``item_*``;
 2. the result by query item with the catalog: attaches ``query_*``;
 3. every row by engaged item with its training count: attaches
    ``item_train_count`` and ``item_bucket`` (head / tail / cold).
 
-The head boundary needs one ranked list of ``(count, item id)`` over the
-items seen in training (O(#seen items) memory in one worker).
+``side_input`` (a catalog that fits in a worker's memory): the catalog's
+parts and the per-item training counts are dict side inputs; the log rows
+are joined where they are read and never shuffled.
+
+Both need one ranked list of ``(count, item id)`` over the items seen in
+training for the head boundary (O(#seen items) memory in one worker).
 """
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, Iterable, Iterator, Optional
 
@@ -25,7 +39,11 @@ from transforms import features
 from transforms.spec import DatasetSpec
 
 Row = dict[str, list[bytes]]
+Parts = tuple[bytes, bytes]
 REJECT_TAG = "rejects"
+UNKNOWN_TAG = "unknown"
+SHUFFLE, SIDE_INPUT = "shuffle", "side_input"
+STRATEGIES = (SHUFFLE, SIDE_INPUT)
 
 
 def example_to_row(serialized: bytes) -> Row:
@@ -61,9 +79,21 @@ def _unknown(spec: DatasetSpec, item_id: bytes, side: str, n_rows: int) -> rows.
                        "log rows name an item absent from the catalog", n_rows)
 
 
+def catalog_parts(row: Row, spec: DatasetSpec) -> tuple[bytes, Parts]:
+    """``(item id, (item_* part, query_* part))`` of one catalog row, serialized."""
+    item = {features.item_key(f.name): row.get(f.name, []) for f in spec.item_features}
+    query = {features.query_key(n): row.get(n, []) for n in spec.query_item_features}
+    return _first(row, spec.item_id), (row_to_example(item), row_to_example(query))
+
+
+def _context_part(log: Row, spec: DatasetSpec) -> bytes:
+    return row_to_example({features.context_key(f.name): log.get(f.name, [])
+                           for f in spec.context_features})
+
+
 def _catalog_match(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetSpec,
-                   side: str) -> tuple[Optional[Row], Iterable[Any], list[Any]]:
-    """(catalog row or None, the group's log rows, [tagged reject] if unmatched)."""
+                   side: str) -> tuple[Optional[Parts], Iterable[Any], list[Any]]:
+    """(catalog parts or None, the group's log rows, [tagged reject] if unmatched)."""
     key, parts = group
     catalog = list(parts["catalog"])
     logs = parts["logs"]
@@ -76,17 +106,15 @@ def _catalog_match(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetS
 
 
 def attach_item(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetSpec) -> Iterator[Any]:
-    """Join 1: adds ``item_*`` to the log rows of one engaged item."""
+    """Join 1: adds ``item_*`` (and ``context_*``) to the log rows of one engaged item."""
     catalog, logs, rejects = _catalog_match(group, spec, "item")
     yield from rejects
     if catalog is None:
         return
-    item = {features.item_key(f.name): catalog.get(f.name, []) for f in spec.item_features}
+    item_id = group[0]
     for split, log in logs:
-        joined = dict(item)
-        for f in spec.context_features:
-            joined[features.context_key(f.name)] = log.get(f.name, [])
-        yield _first(log, spec.query_item_column), (split, joined)
+        yield (_first(log, spec.query_item_column),
+               (split, item_id, catalog[0] + _context_part(log, spec)))
 
 
 def attach_query(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetSpec) -> Iterator[Any]:
@@ -95,12 +123,8 @@ def attach_query(group: tuple[bytes, dict[str, Iterable[Any]]], spec: DatasetSpe
     yield from rejects
     if catalog is None:
         return
-    query = {features.query_key(n): catalog.get(n, []) for n in spec.query_item_features}
-    item_id_key = features.item_key(spec.item_id)
-    for split, joined in logs:
-        out = dict(joined)
-        out.update(query)
-        yield _first(out, item_id_key), (split, out)
+    for split, item_id, payload in logs:
+        yield item_id, (split, payload + catalog[1])
 
 
 def head_boundary(counts: list[tuple[int, bytes]], fraction: float) -> Optional[tuple[int, bytes]]:
@@ -129,35 +153,55 @@ def attach_bucket(group: tuple[bytes, dict[str, Iterable[Any]]],
     """Join 3: adds the training count and bucket to every row of one item."""
     item_id, parts = group
     count = sum(parts["count"])
-    name = bucket(count, item_id, boundary).encode()
-    for split, row in parts["rows"]:
-        out = dict(row)
-        out[features.ITEM_TRAIN_COUNT] = [count]
-        out[features.ITEM_BUCKET] = [name]
-        out[features.IS_CATALOG_ROW] = [int(split == features.CATALOG_SPLIT)]
-        yield split, name.decode(), row_to_example(out)
+    for split, payload in parts["rows"]:
+        yield _finish(split, payload, count, bucket(count, item_id, boundary))
 
 
-def catalog_row(row: Row, spec: DatasetSpec) -> tuple[bytes, tuple[str, Row]]:
-    """A catalog row keyed by item id, in the joined (``item_*``) layout."""
-    joined = {features.item_key(f.name): row.get(f.name, []) for f in spec.item_features}
-    return _first(row, spec.item_id), (features.CATALOG_SPLIT, joined)
+def _finish(split: str, payload: bytes, count: int, name: str) -> tuple[str, str, bytes]:
+    """``(split, bucket, serialized Example)`` of a joined row and its item's count."""
+    return split, name, payload + _count_part(count, name, split == features.CATALOG_SPLIT)
 
 
-@beam.ptransform_fn
-def JoinLogsWithCatalog(  # noqa: N802  pylint: disable=invalid-name
-    pcolls: dict[str, beam.PCollection], spec: DatasetSpec
-) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
-    """Joins ``{'logs': (split, row), 'catalog': row}``.
+@functools.lru_cache(maxsize=4096)
+def _count_part(count: int, name: str, is_catalog: bool) -> bytes:
+    return row_to_example({features.ITEM_TRAIN_COUNT: [count],
+                           features.ITEM_BUCKET: [name.encode()],
+                           features.IS_CATALOG_ROW: [int(is_catalog)]})
 
-    Returns:
-      ``(examples, rejects, train_counts)``: ``(split, bucket, serialized
-      Example)``
-      for splits train/eval/catalog, :class:`rows.Reject` records, and
-      ``(item id, training count)``.
+
+def lookup_item(split_row: tuple[str, Row], catalog: dict[bytes, Parts],
+                spec: DatasetSpec) -> Iterator[Any]:
+    """Side-input join of one log row: adds ``item_*``, ``context_*`` and ``query_*``.
+
+    A row whose engaged (else query) item is not in the catalog goes to the
+    ``unknown`` output as ``((side, item id), 1)``, to be counted per id.
     """
-    catalog = pcolls["catalog"] | "CatalogById" >> beam.Map(lambda r: (_first(r, spec.item_id), r))
-    logs_by_item = pcolls["logs"] | "LogsByItem" >> beam.Map(
+    split, log = split_row
+    item_id = _first(log, spec.item_column)
+    item = catalog.get(item_id)
+    if item is None:
+        yield beam.pvalue.TaggedOutput(UNKNOWN_TAG, (("item", item_id), 1))
+        return
+    query_id = _first(log, spec.query_item_column)
+    query = catalog.get(query_id)
+    if query is None:
+        yield beam.pvalue.TaggedOutput(UNKNOWN_TAG, (("query", query_id), 1))
+        return
+    yield item_id, (split, item[0] + _context_part(log, spec) + query[1])
+
+
+def lookup_bucket(keyed: tuple[bytes, tuple[str, bytes]], counts: dict[bytes, int],
+                  boundary: Optional[tuple[int, bytes]]) -> tuple[str, str, bytes]:
+    """Side-input form of :func:`attach_bucket` for one row."""
+    item_id, (split, payload) = keyed
+    count = counts.get(item_id, 0)
+    return _finish(split, payload, count, bucket(count, item_id, boundary))
+
+
+def _shuffle_join(catalog: beam.PCollection, logs: beam.PCollection, spec: DatasetSpec
+                  ) -> tuple[beam.PCollection, beam.PCollection]:
+    """Joins 1 and 2 as keyed shuffles: ``(item id, (split, payload))`` and rejects."""
+    logs_by_item = logs | "LogsByItem" >> beam.Map(
         lambda sr: (_first(sr[1], spec.item_column), sr))
     with_item = ({"catalog": catalog, "logs": logs_by_item}
                  | "GroupByItem" >> beam.CoGroupByKey()
@@ -167,19 +211,60 @@ def JoinLogsWithCatalog(  # noqa: N802  pylint: disable=invalid-name
                   | "GroupByQuery" >> beam.CoGroupByKey()
                   | "AttachQuery" >> beam.FlatMap(attach_query, spec).with_outputs(
                       REJECT_TAG, main="rows"))
-    train_counts = (with_query.rows
+    rejects = (with_item[REJECT_TAG], with_query[REJECT_TAG]) | "Rejects" >> beam.Flatten()
+    return with_query.rows, rejects
+
+
+def _side_input_join(catalog: beam.PCollection, logs: beam.PCollection, spec: DatasetSpec
+                     ) -> tuple[beam.PCollection, beam.PCollection]:
+    """Joins 1 and 2 against the catalog as a dict side input; same outputs."""
+    joined = logs | "LookupItems" >> beam.FlatMap(
+        lookup_item, beam.pvalue.AsDict(catalog), spec).with_outputs(UNKNOWN_TAG, main="rows")
+    rejects = (joined[UNKNOWN_TAG]
+               | "CountUnknown" >> beam.CombinePerKey(sum)
+               | "Rejects" >> beam.MapTuple(lambda key, n: _unknown(spec, key[1], key[0], n)))
+    return joined.rows, rejects
+
+
+@beam.ptransform_fn
+def JoinLogsWithCatalog(  # noqa: N802  pylint: disable=invalid-name
+    pcolls: dict[str, beam.PCollection], spec: DatasetSpec, strategy: str = SHUFFLE
+) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
+    """Joins ``{'logs': (split, row), 'catalog': row}``.
+
+    Args:
+      pcolls: the log rows tagged with their split, and the catalog rows.
+      spec: the dataset spec.
+      strategy: ``shuffle`` (any catalog size) or ``side_input`` (the
+        catalog and per-item training counts held in each worker's memory).
+
+    Returns:
+      ``(examples, rejects, train_counts)``: ``(split, bucket, serialized
+      Example)`` for splits train/eval/catalog, :class:`rows.Reject`
+      records, and ``(item id, training count)``.
+    """
+    if strategy not in STRATEGIES:
+        raise ValueError(f"join strategy must be one of {STRATEGIES}, got {strategy!r}.")
+    catalog = pcolls["catalog"] | "CatalogParts" >> beam.Map(catalog_parts, spec)
+    join = _side_input_join if strategy == SIDE_INPUT else _shuffle_join
+    joined, rejects = join(catalog, pcolls["logs"], spec)
+    train_counts = (joined
                     | "TrainOnly" >> beam.Filter(lambda kv: kv[1][0] == features.TRAIN_SPLIT)
                     | "TrainItem" >> beam.Map(lambda kv: kv[0])
                     | "CountPerItem" >> beam.combiners.Count.PerElement())
-    boundary = (train_counts
-                | "CountIdPairs" >> beam.Map(lambda kv: (kv[1], kv[0]))
-                | "AllCounts" >> beam.combiners.ToList()
-                | "HeadBoundary" >> beam.Map(head_boundary, spec.head_fraction))
-    catalog_rows = pcolls["catalog"] | "CatalogRows" >> beam.Map(catalog_row, spec)
-    all_rows = (with_query.rows, catalog_rows) | "AllRows" >> beam.Flatten()
-    examples = ({"rows": all_rows, "count": train_counts}
-                | "GroupWithCounts" >> beam.CoGroupByKey()
-                | "AttachBucket" >> beam.FlatMap(
-                    attach_bucket, beam.pvalue.AsSingleton(boundary)))
-    rejects = (with_item[REJECT_TAG], with_query[REJECT_TAG]) | "Rejects" >> beam.Flatten()
+    boundary = beam.pvalue.AsSingleton(
+        train_counts
+        | "CountIdPairs" >> beam.Map(lambda kv: (kv[1], kv[0]))
+        | "AllCounts" >> beam.combiners.ToList()
+        | "HeadBoundary" >> beam.Map(head_boundary, spec.head_fraction))
+    catalog_rows = catalog | "CatalogRows" >> beam.MapTuple(
+        lambda item_id, parts: (item_id, (features.CATALOG_SPLIT, parts[0])))
+    all_rows = (joined, catalog_rows) | "AllRows" >> beam.Flatten()
+    if strategy == SIDE_INPUT:
+        examples = all_rows | "LookupBucket" >> beam.Map(
+            lookup_bucket, beam.pvalue.AsDict(train_counts), boundary)
+    else:
+        examples = ({"rows": all_rows, "count": train_counts}
+                    | "GroupWithCounts" >> beam.CoGroupByKey()
+                    | "AttachBucket" >> beam.FlatMap(attach_bucket, boundary))
     return examples, rejects, train_counts

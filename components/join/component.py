@@ -2,21 +2,26 @@
 
 from __future__ import annotations
 
-import json
-
 from tfx import types
 from tfx.dsl.components.base import base_beam_component, executor_spec
 from tfx.types import channel, standard_artifacts
 from tfx.types.component_spec import ChannelParameter, ExecutionParameter
 
-from components.join import executor
-from transforms.spec import DatasetSpec
+from components.join import DEFAULT_SIDE_INPUT_MAX_ITEMS, executor
+from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_to_json
+
+# Largest catalog joined in memory. Each worker holds two serialized parts per
+# item: 531 MiB per 1M items of the synthetic catalog (6 short features);
+# catalogs with long text features need a lower setting.
 
 
 class JoinExamplesSpec(types.ComponentSpec):
     """Inputs, outputs and parameters of :class:`JoinExamples`."""
 
-    PARAMETERS = {executor.DATASET_SPEC_KEY: ExecutionParameter(type=str)}
+    PARAMETERS = {
+        SPEC_PARAMETER: ExecutionParameter(type=str),
+        executor.SIDE_INPUT_MAX_ITEMS_KEY: ExecutionParameter(type=int),
+    }
     INPUTS = {
         executor.LOGS_KEY: ChannelParameter(type=standard_artifacts.Examples),
         executor.CATALOG_KEY: ChannelParameter(type=standard_artifacts.Examples),
@@ -37,6 +42,8 @@ class JoinExamples(base_beam_component.BaseBeamComponent):
     ``context_*`` and ``item_*`` features) and ``catalog`` (every item once,
     ``item_*`` only); every row carries the engaged item's training count and
     head/tail/cold bucket. Also outputs the Schema Transform reads them with.
+    A catalog of at most ``side_input_max_items`` rows is joined as an
+    in-memory side input, a larger one by keyed shuffles.
     """
 
     SPEC_CLASS = JoinExamplesSpec
@@ -44,10 +51,12 @@ class JoinExamples(base_beam_component.BaseBeamComponent):
 
     def __init__(self, spec: DatasetSpec, logs: types.BaseChannel,
                  catalog: types.BaseChannel, logs_anomalies: types.BaseChannel,
-                 catalog_anomalies: types.BaseChannel) -> None:
+                 catalog_anomalies: types.BaseChannel,
+                 side_input_max_items: int = DEFAULT_SIDE_INPUT_MAX_ITEMS) -> None:
         """Builds the component from the dataset spec and upstream channels."""
         super().__init__(spec=JoinExamplesSpec(
-            dataset_spec=json.dumps(spec.to_dict(), sort_keys=True),
+            **{SPEC_PARAMETER: spec_to_json(spec)},
+            side_input_max_items=side_input_max_items,
             logs=logs, catalog=catalog, logs_anomalies=logs_anomalies,
             catalog_anomalies=catalog_anomalies,
             examples=channel.Channel(type=standard_artifacts.Examples),

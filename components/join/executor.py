@@ -12,11 +12,12 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from components.ingest import executor as ingest_executor
 from components.ingest import rows
 from components.join import anomalies, beam_join
 from transforms import features
 from transforms.schema import joined_schema
-from transforms.spec import spec_from_dict
+from transforms.spec import SPEC_PARAMETER, spec_from_json
 
 LOGS_KEY = "logs"
 CATALOG_KEY = "catalog"
@@ -24,7 +25,8 @@ LOGS_ANOMALIES_KEY = "logs_anomalies"
 CATALOG_ANOMALIES_KEY = "catalog_anomalies"
 EXAMPLES_KEY = "examples"
 SCHEMA_KEY = "schema"
-DATASET_SPEC_KEY = "dataset_spec"
+SIDE_INPUT_MAX_ITEMS_KEY = "side_input_max_items"
+STRATEGY_PROPERTY = "join_strategy"
 REPORT_DIR = "report"
 SUMMARY_FILE = "summary.json"
 SCHEMA_FILE = "schema.pbtxt"
@@ -50,6 +52,23 @@ def _summary_pairs(examples: beam.PCollection, rejects: beam.PCollection) -> bea
             | "Sum" >> beam.CombinePerKey(sum))
 
 
+def choose_strategy(catalog: Any, max_items: int) -> str:
+    """``side_input`` if the catalog has at most ``max_items`` rows, else ``shuffle``.
+
+    The row count is the ``rows_ok`` property CatalogExampleGen records on
+    its Examples artefact; a catalog without it is joined by shuffle.
+
+    Args:
+      catalog: the catalog Examples artefact.
+      max_items: the largest catalog joined as an in-memory side input
+        (0: always shuffle; validated by ``PipelineConfig``).
+    """
+    if not catalog.has_custom_property(ingest_executor.ROWS_OK):
+        return beam_join.SHUFFLE
+    n_items = catalog.get_int_custom_property(ingest_executor.ROWS_OK)
+    return beam_join.SIDE_INPUT if n_items <= max_items else beam_join.SHUFFLE
+
+
 def read_summary(examples_uri: str) -> dict[str, int]:
     """Counts stored with a joined Examples artefact (see :class:`Executor`)."""
     with tf.io.gfile.GFile(os.path.join(examples_uri, REPORT_DIR, SUMMARY_FILE)) as f:
@@ -59,7 +78,10 @@ def read_summary(examples_uri: str) -> dict[str, int]:
 class Executor(base_beam_executor.BaseBeamExecutor):
     """Joins logs with the catalog; writes splits train, eval and catalog.
 
-    Refuses to run on inputs ExampleValidator flagged. Writes, next to the
+    Refuses to run on inputs ExampleValidator flagged. Joins by shuffle or,
+    for a catalog of at most ``side_input_max_items`` rows, with the catalog
+    as an in-memory side input (see :func:`choose_strategy`); the strategy
+    is recorded as the ``join_strategy`` property. Writes, next to the
     splits, ``report/summary.json`` (items and pairs per split, items and
     rows per head/tail/cold bucket, rejected rows by reason) and
     ``report/rejects*.tsv``; the counts also become custom properties.
@@ -68,7 +90,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
     def Do(self, input_dict: dict[str, list[Any]], output_dict: dict[str, list[Any]],
            exec_properties: dict[str, Any]) -> None:  # noqa: N802
         """Runs the join (see the class docstring)."""
-        spec = spec_from_dict(json.loads(exec_properties[DATASET_SPEC_KEY]))
+        spec = spec_from_json(exec_properties[SPEC_PARAMETER])
         for artifact in input_dict[LOGS_ANOMALIES_KEY]:
             anomalies.check(artifact, "logs")
         for artifact in input_dict[CATALOG_ANOMALIES_KEY]:
@@ -77,6 +99,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples = artifact_utils.get_single_instance(output_dict[EXAMPLES_KEY])
         examples.split_names = artifact_utils.encode_split_names(list(features.JOINED_SPLITS))
         report_dir = os.path.join(examples.uri, REPORT_DIR)
+        strategy = choose_strategy(catalog, int(exec_properties[SIDE_INPUT_MAX_ITEMS_KEY]))
         with self._make_beam_pipeline() as pipeline:
             log_rows = []
             for i, logs in enumerate(sorted(input_dict[LOGS_KEY], key=lambda a: a.span)):
@@ -87,7 +110,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             joined, rejects, _ = ({
                 "logs": log_rows | "AllLogs" >> beam.Flatten(),
                 "catalog": _read_split(pipeline, catalog, "catalog", "catalog"),
-            } | "Join" >> beam_join.JoinLogsWithCatalog(spec))
+            } | "Join" >> beam_join.JoinLogsWithCatalog(spec, strategy))
             for split in features.JOINED_SPLITS:
                 _ = (joined
                      | f"Select[{split}]" >> beam.Filter(lambda e, s=split: e[0] == s)
@@ -112,5 +135,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                 "ids match the catalog's id column.")
         for key, value in summary.items():
             examples.set_int_custom_property(key, value)
+        examples.set_string_custom_property(STRATEGY_PROPERTY, strategy)
         schema = artifact_utils.get_single_instance(output_dict[SCHEMA_KEY])
         io_utils.write_pbtxt_file(os.path.join(schema.uri, SCHEMA_FILE), joined_schema(spec))

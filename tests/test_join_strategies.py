@@ -1,0 +1,139 @@
+"""The two join strategies (shuffle, side input) and the size switch between them."""
+
+import glob
+import json
+import os
+
+import apache_beam as beam
+import numpy as np
+import pytest
+import tensorflow as tf
+from tfx.types import standard_artifacts
+
+from components.ingest import executor as ingest_executor
+from components.join import beam_join
+from components.join import executor as join_executor
+from tests.conftest import tiny_spec
+
+
+def _random_case(seed: int) -> tuple[list, list]:
+    """200 catalog items (some features empty or multi-valued), 3000 log rows.
+
+    About 2% of the log rows name an engaged or query item absent from the
+    catalog, so both strategies must also agree on the rejects.
+    """
+    rng = np.random.default_rng(seed)
+    catalog = []
+    for i in range(200):
+        genres = [f"g{g}".encode() for g in rng.choice(6, size=rng.integers(0, 3), replace=False)]
+        year = [] if i % 17 == 0 else [str(1950 + i % 60).encode()]
+        catalog.append({"item_id": [f"i{i}".encode()], "genre": genres, "year": year})
+    # Zipf-like popularity over 230 ids, so ids 200..229 are unknown; many items unseen.
+    ids = np.minimum(rng.zipf(1.3, size=(3000, 2)) - 1, 229)
+    logs = [("eval" if rng.random() < 0.1 else "train",
+             {"seed": [f"i{q}".encode()], "item": [f"i{e}".encode()],
+              "device": [rng.choice([b"m", b"d", b"t"])], "user": [b"u"]})
+            for q, e in ids]
+    return catalog, logs
+
+
+def _canonical(line: str) -> tuple:
+    split, bucket, payload = json.loads(line)
+    feature = tf.train.Example.FromString(bytes.fromhex(payload)).features.feature
+    values = {}
+    for key in sorted(feature):
+        kind = feature[key].WhichOneof("kind")
+        values[key] = (kind, list(getattr(feature[key], kind).value))
+    return split, bucket, repr(values)
+
+
+def _run(spec, catalog, logs, strategy, out_dir):
+    """Runs the join; returns (canonical examples, rejects, counts), each sorted."""
+    with beam.Pipeline() as p:
+        examples, rejects, counts = ({"logs": p | "L" >> beam.Create(logs),
+                                      "catalog": p | "C" >> beam.Create(catalog)}
+                                     | beam_join.JoinLogsWithCatalog(spec, strategy))
+        for name, pcoll, fn in [
+                ("examples", examples, lambda e: json.dumps([e[0], e[1], e[2].hex()])),
+                ("rejects", rejects, lambda r: json.dumps([r.kind, r.location, r.n_rows])),
+                ("counts", counts, lambda c: json.dumps([c[0].decode(), c[1]]))]:
+            _ = (pcoll | f"Json[{name}]" >> beam.Map(fn)
+                 | f"Write[{name}]" >> beam.io.WriteToText(os.path.join(out_dir, name)))
+
+    def lines(name):
+        return sorted(line for f in glob.glob(os.path.join(out_dir, f"{name}*"))
+                      for line in open(f).read().splitlines())
+    return sorted(map(_canonical, lines("examples"))), lines("rejects"), lines("counts")
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_strategies_give_identical_examples_rejects_and_counts(tiny_root, tmp_path, seed):
+    spec = tiny_spec(tiny_root, head_fraction=0.2)
+    catalog, logs = _random_case(seed)
+    shuffle = _run(spec, catalog, logs, beam_join.SHUFFLE, str(tmp_path / "shuffle"))
+    side = _run(spec, catalog, logs, beam_join.SIDE_INPUT, str(tmp_path / "side"))
+    examples, rejects, counts = shuffle
+    # Independent count of what the join must produce: every catalog row once,
+    # every log row whose both items are known, one reject per unknown (side, id).
+    known = {r["item_id"][0] for r in catalog}
+    kept = [(s, r) for s, r in logs if r["item"][0] in known and r["seed"][0] in known]
+    unknown = ({("item", r["item"][0]) for _, r in logs if r["item"][0] not in known}
+               | {("query", r["seed"][0]) for _, r in logs
+                  if r["item"][0] in known and r["seed"][0] not in known})
+    assert len(examples) == len(catalog) + len(kept)
+    assert len(rejects) == len(unknown) > 0
+    assert len(counts) == len({r["item"][0] for s, r in kept if s == "train"})
+    assert {b for _, b, _ in examples} == {"head", "tail", "cold"}
+    assert side == shuffle
+
+
+@pytest.mark.parametrize("strategy", beam_join.STRATEGIES)
+def test_unknown_item_error_names_the_id_and_count(tiny_root, strategy):
+    spec = tiny_spec(tiny_root, on_bad_input__unknown_item="error")
+    logs = [("train", {"seed": [b"a"], "item": [b"zz"], "device": [b"m"], "user": [b"u"]})] * 3
+    with pytest.raises(Exception, match=r"item id 'zz' is not in the catalog \(3 log rows\)"):
+        with beam.Pipeline() as p:
+            _ = ({"logs": p | "L" >> beam.Create(logs),
+                  "catalog": p | "C" >> beam.Create([{"item_id": [b"a"]}])}
+                 | beam_join.JoinLogsWithCatalog(spec, strategy))
+
+
+def test_unknown_strategy_is_refused(tiny_root):
+    with pytest.raises(ValueError, match="join strategy must be one of"):
+        with beam.Pipeline() as p:
+            _ = ({"logs": p | "L" >> beam.Create([]), "catalog": p | "C" >> beam.Create([])}
+                 | beam_join.JoinLogsWithCatalog(tiny_spec(tiny_root), "broadcast"))
+
+
+def _catalog_artifact(n_rows):
+    artifact = standard_artifacts.Examples()
+    if n_rows is not None:
+        artifact.set_int_custom_property(ingest_executor.ROWS_OK, n_rows)
+    return artifact
+
+
+@pytest.mark.parametrize("max_items,expected", [
+    (1000, beam_join.SIDE_INPUT),   # threshold exactly at the catalog size
+    (999, beam_join.SHUFFLE),       # just below: the catalog no longer fits
+    (1001, beam_join.SIDE_INPUT),   # just above
+    (0, beam_join.SHUFFLE),         # 0 always shuffles
+])
+def test_size_switch_at_its_boundary(max_items, expected):
+    assert join_executor.choose_strategy(_catalog_artifact(1000), max_items) == expected
+
+
+def test_catalog_without_a_row_count_is_shuffled():
+    assert join_executor.choose_strategy(_catalog_artifact(None), 10**9) == beam_join.SHUFFLE
+
+
+def test_pipeline_config_wires_the_threshold_into_the_join(tiny_root, tmp_path):
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import data_components
+
+    config = PipelineConfig(spec=tiny_spec(tiny_root), run_root=str(tmp_path),
+                            join_side_input_max_items=123)
+    join = {c.id: c for c in data_components(config)}["JoinExamples"]
+    assert join.exec_properties[join_executor.SIDE_INPUT_MAX_ITEMS_KEY] == 123
+    with pytest.raises(ValueError, match="join_side_input_max_items must be >= 0, got -5"):
+        PipelineConfig(spec=tiny_spec(tiny_root), run_root=str(tmp_path),
+                       join_side_input_max_items=-5)
