@@ -246,8 +246,12 @@ def main() -> None:
         for variant in variants:
             for seed in range(args.seeds):
                 run("test", regime, variant, seed, **chosen[regime])
-    write_results("quality", _flatten(cells.values, chosen, variants, args.seeds, splits),
-                  _markdown)
+    values = _flatten(cells.values, chosen, variants, args.seeds, splits)
+    values["cfm_grouping_measure"] = correlation.get("measure", "nmi")
+    values["cfm_groups"] = "; ".join(f"{seed}: {'+'.join(group)}"
+                                     for seed, group in correlation["groups"].items())
+    values["logq_correction_default"] = hparams_lib.HParams().logq_correction
+    write_results("quality", values, _markdown)
     _chart(cells.values, chosen, variants, args.seeds)
 
 
@@ -294,6 +298,8 @@ def _flatten(values: dict, chosen: dict, variants: list[str], seeds: int, splits
 def _markdown(values: dict[str, object]) -> str:
     variants = [v for v in hparams_lib.VARIANTS
                 if f"full_{v}_overall_recall_at_10_mean" in values]
+    measure = {"ami": "adjusted MI (chance-corrected)", "nmi": "plug-in NMI"}[
+        values["cfm_grouping_measure"]]
     lines = ["# Quality: Trainer variants on MovieLens-1M (item-to-item retrieval)", "",
              f"Command: `{values['command']}`; {values['machine_cpus']} CPUs. "
              f"Mean ± standard deviation over {values['seeds']} seeds; test = the "
@@ -303,7 +309,12 @@ def _markdown(values: dict[str, object]) -> str:
              "split. Slices follow the positive item's bucket (head = top 10% of items by "
              "training count, tail = the rest seen in training, cold = unseen).", "",
              f"Training pairs: {values['pairs_train']} (full), {values['pairs_10pct']} (10%); "
-             f"validation pairs: {values['pairs_validation']}.", ""]
+             f"validation pairs: {values['pairs_validation']}.", "",
+             f"Every CFM row used groups formed by **{measure}** "
+             f"(`cfm_grouping_measure`), seed + floor(k/2) features masked for `cfm` and "
+             f"k // 2 for `cfm_balanced`: {values['cfm_groups']}. logQ correction: "
+             f"{'on' if values['logq_correction_default'] else 'off'} for every variant "
+             "(the Trainer's default).", ""]
     for regime in REGIMES:
         chosen = ", ".join(f"{k} = {values[f'{regime}_chosen_{k}']}"
                            for k in ("temperature", "alpha", "dropout_rate"))

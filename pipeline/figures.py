@@ -8,11 +8,10 @@ from typing import Optional
 
 import tensorflow as tf
 
-from components.ingest import rows
 from components.join import executor as join_executor
 from pipeline import curves, nodes, records
 from pipeline.config import PipelineConfig
-from transforms import features
+from transforms import features, tables
 
 
 @dataclasses.dataclass(frozen=True)
@@ -50,7 +49,7 @@ def step_time(store: object, pipeline_name: str, node_id: str) -> Optional[StepT
 
 def rejects(props: dict[str, object]) -> str:
     """``N rejected (malformed_row a, duplicate_item b)`` of an ingested table."""
-    bad = {k: props.get(k, 0) for k in (rows.MALFORMED, rows.DUPLICATE)}
+    bad = {k: props.get(k, 0) for k in (tables.MALFORMED, tables.DUPLICATE)}
     detail = ", ".join(f"{k} {v}" for k, v in bad.items() if v)
     return f"{sum(bad.values())} rejected" + (f" ({detail})" if detail else "")
 

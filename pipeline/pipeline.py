@@ -15,13 +15,12 @@ from tfx.types import standard_artifacts
 from components.correlation.component import FeatureCorrelation
 from components.evaluate import config as eval_lib
 from components.index.component import IndexBuilder
-from components.ingest import rows
 from components.ingest.component import ContractExampleGen
 from components.join.component import JoinExamples
 from components.trainer.component import SslTrainer
 from pipeline import nodes
 from pipeline.config import PipelineConfig
-from transforms import features, preprocessing
+from transforms import features, preprocessing, tables
 
 PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
 
@@ -65,8 +64,8 @@ def _log_window(config: PipelineConfig, logs_gen: Any) -> tuple[list[Any], Any]:
 def data_components(config: PipelineConfig) -> list[Any]:
     """Ingestion, validation, join, Transform and feature correlations."""
     spec = config.spec
-    logs_gen = ContractExampleGen(spec, rows.LOGS, config.span).with_id(nodes.LOGS_EXAMPLE_GEN)
-    catalog_gen = ContractExampleGen(spec, rows.CATALOG).with_id(nodes.CATALOG_EXAMPLE_GEN)
+    logs_gen = ContractExampleGen(spec, tables.LOGS, config.span).with_id(nodes.LOGS_EXAMPLE_GEN)
+    catalog_gen = ContractExampleGen(spec, tables.CATALOG).with_id(nodes.CATALOG_EXAMPLE_GEN)
     logs_checks, logs_anomalies = _validated("Logs", logs_gen.outputs["examples"],
                                              spec.logs_schema)
     catalog_checks, catalog_anomalies = _validated("Catalog", catalog_gen.outputs["examples"],

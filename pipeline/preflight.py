@@ -11,7 +11,7 @@ import glob
 import os
 import re
 
-from components.ingest import rows
+from transforms import tables
 from transforms.spec import DatasetSpec, TableSource
 
 _SPAN_RE = re.compile(r"^span-(\d+)$")
@@ -27,22 +27,22 @@ def spans(source: TableSource) -> list[int]:
 
 def _files(source: TableSource, kind: str, span: int | None) -> list[str]:
     if not os.path.isdir(source.base):
-        raise rows.InputError(f"{kind}: folder {source.base} does not exist; fix `path` in "
+        raise tables.InputError(f"{kind}: folder {source.base} does not exist; fix `path` in "
                               "the dataset spec or create the folder.")
     pattern = source.pattern
     if "{SPAN}" in pattern:
         available = spans(source)
         if not available:
-            raise rows.InputError(f"{kind}: no span-<N> folder under {source.base}; put the "
+            raise tables.InputError(f"{kind}: no span-<N> folder under {source.base}; put the "
                                   "files in span-1/ or change `pattern` in the dataset spec.")
         chosen = available[-1] if span is None else span
         if chosen not in available:
-            raise rows.InputError(f"{kind}: span {chosen} not found under {source.base}; "
+            raise tables.InputError(f"{kind}: span {chosen} not found under {source.base}; "
                                   f"available spans: {available}.")
         pattern = pattern.replace("{SPAN}", str(chosen))
     files = sorted(glob.glob(os.path.join(source.base, pattern)))
     if not files:
-        raise rows.InputError(f"{kind}: no file matches {os.path.join(source.base, pattern)}; "
+        raise tables.InputError(f"{kind}: no file matches {os.path.join(source.base, pattern)}; "
                               "fix `path`/`pattern` in the dataset spec.")
     return files
 
@@ -50,11 +50,11 @@ def _files(source: TableSource, kind: str, span: int | None) -> list[str]:
 def check(spec: DatasetSpec, span: int | None = None) -> dict[str, list[str]]:
     """Returns the files of each table; raises InputError naming the problem."""
     found = {}
-    for kind, source in ((rows.LOGS, spec.logs), (rows.CATALOG, spec.catalog)):
-        table = rows.table_for(spec, kind)
-        files = _files(source, kind, span if kind == rows.LOGS else None)
+    for kind, source in ((tables.LOGS, spec.logs), (tables.CATALOG, spec.catalog)):
+        table = tables.table_for(spec, kind)
+        files = _files(source, kind, span if kind == tables.LOGS else None)
         for path in files:
             with open(path, newline="", encoding=source.encoding, errors="replace") as f:
-                rows.check_header(next(csv.reader(f), None), table, path)
+                tables.check_header(next(csv.reader(f), None), table, path)
         found[kind] = files
     return found

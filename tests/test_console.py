@@ -94,12 +94,12 @@ def test_curves_read_back_what_keras_wrote(tmp_path):
 
 
 def test_reason_finds_the_error_behind_a_beam_worker_failure():
-    from components.ingest.rows import InputError
     from pipeline.cli import reason
+    from transforms.tables import InputError
 
     wrapped = RuntimeError(
         "Traceback (most recent call last):\n  File \"x.py\", line 1, in f\n"
-        "    raise rows.InputError(\ncomponents.ingest.rows.InputError: catalog item id 'i0' "
+        "    raise rows.InputError(\ntransforms.tables.InputError: catalog item id 'i0' "
         "appears 2 times (a.csv:2, a.csv:9). [while running 'InputToRecord[catalog]/Dedupe']")
     assert reason(wrapped) == ("InputError", "catalog item id 'i0' appears 2 times "
                                              "(a.csv:2, a.csv:9).")

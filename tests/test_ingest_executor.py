@@ -9,9 +9,10 @@ from tfx.proto import example_gen_pb2
 from tfx.types import standard_artifacts
 from tfx.utils import proto_utils
 
-from components.ingest import executor, rows
+from components.ingest import executor
 from components.ingest.component import ContractExampleGen
 from tests.conftest import tiny_spec, write
+from transforms import tables
 
 
 def _ingest(spec, table, pattern, out_dir):
@@ -41,9 +42,9 @@ def test_logs_are_split_and_rejects_reported(tiny_root, tmp_path):
         u1,a
         u2,a,c,mobile
         """)
-    examples = _ingest(spec, rows.LOGS, "span-2/*.csv", tmp_path / "out")
+    examples = _ingest(spec, tables.LOGS, "span-2/*.csv", tmp_path / "out")
     assert examples.get_int_custom_property(executor.ROWS_OK) == 2
-    assert examples.get_int_custom_property(rows.MALFORMED) == 1
+    assert examples.get_int_custom_property(tables.MALFORMED) == 1
     assert _count_records(examples, "train") + _count_records(examples, "eval") == 2
     report = tf.io.gfile.glob(str(tmp_path / "out" / "report" / "rejects*.tsv"))
     lines = [line for f in report for line in open(f).read().splitlines()]
@@ -54,14 +55,14 @@ def test_logs_are_split_and_rejects_reported(tiny_root, tmp_path):
 def test_empty_span_fails_and_names_it(tiny_root, tmp_path):
     spec = tiny_spec(tiny_root)
     write(os.path.join(spec.logs.base, "span-3", "p.csv"), "user,seed,item,device\n")
-    with pytest.raises(rows.InputError, match="has no valid row"):
-        _ingest(spec, rows.LOGS, "span-3/*.csv", tmp_path / "out")
+    with pytest.raises(tables.InputError, match="has no valid row"):
+        _ingest(spec, tables.LOGS, "span-3/*.csv", tmp_path / "out")
 
 
 def test_missing_file_fails(tiny_root, tmp_path):
     spec = tiny_spec(tiny_root)
-    with pytest.raises(rows.InputError, match=r"no logs file matches .*span-9/\*\.csv"):
-        _ingest(spec, rows.LOGS, "span-9/*.csv", tmp_path / "out")
+    with pytest.raises(tables.InputError, match=r"no logs file matches .*span-9/\*\.csv"):
+        _ingest(spec, tables.LOGS, "span-9/*.csv", tmp_path / "out")
 
 
 def test_duplicate_catalog_id_is_an_error_naming_both_rows(tiny_root, tmp_path):
@@ -69,15 +70,15 @@ def test_duplicate_catalog_id_is_an_error_naming_both_rows(tiny_root, tmp_path):
     write(os.path.join(spec.catalog.base, "more.csv"), "item_id,genre,year\nb,q,2001\n")
     with pytest.raises(Exception, match=r"catalog item id 'b' appears 2 times \(.*items.csv:3, "
                                         r".*more.csv:2\)"):
-        _ingest(spec, rows.CATALOG, "*.csv", tmp_path / "out")
+        _ingest(spec, tables.CATALOG, "*.csv", tmp_path / "out")
 
 
 def test_duplicate_catalog_id_keep_first_is_counted(tiny_root, tmp_path):
     spec = tiny_spec(tiny_root, on_bad_input__duplicate_item="keep_first")
     write(os.path.join(spec.catalog.base, "more.csv"), "item_id,genre,year\nb,q,2001\n")
-    examples = _ingest(spec, rows.CATALOG, "*.csv", tmp_path / "out")
+    examples = _ingest(spec, tables.CATALOG, "*.csv", tmp_path / "out")
     assert examples.get_int_custom_property(executor.ROWS_OK) == 4
-    assert examples.get_int_custom_property(rows.DUPLICATE) == 1
+    assert examples.get_int_custom_property(tables.DUPLICATE) == 1
     split = os.path.join(examples.uri, "Split-catalog")
     years = []
     for name in tf.io.gfile.listdir(split):

@@ -5,10 +5,9 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
-from components.ingest import rows
 from components.join import beam_join
 from tests.conftest import tiny_spec
-from transforms import features
+from transforms import features, tables
 
 
 def test_head_boundary_ranks_by_count_then_id():
@@ -68,7 +67,7 @@ def test_join_attaches_features_counts_and_buckets(tiny_root):
             ("catalog", "cold", None, [b"d"], None, [b"z"], None, 0, 1),
         ]), label="examples")
         assert_that(rejects | beam.Map(lambda r: (r.kind, r.location, r.n_rows)), equal_to([
-            (rows.UNKNOWN, "item=zz", 2), (rows.UNKNOWN, "query=q", 1)]), label="rejects")
+            (tables.UNKNOWN, "item=zz", 2), (tables.UNKNOWN, "query=q", 1)]), label="rejects")
         assert_that(counts, equal_to([(b"b", 2), (b"c", 1)]), label="counts")
 
 

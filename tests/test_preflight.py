@@ -4,9 +4,9 @@ import os
 
 import pytest
 
-from components.ingest import rows
 from pipeline import preflight
 from tests.conftest import tiny_spec, write
+from transforms import tables
 
 
 def test_finds_files_of_the_latest_span(tiny_root):
@@ -20,11 +20,11 @@ def test_finds_files_of_the_latest_span(tiny_root):
 
 def test_missing_folder_span_and_column_are_named(tiny_root):
     spec = tiny_spec(tiny_root)
-    with pytest.raises(rows.InputError, match=r"span 7 not found .* available spans: \[1\]"):
+    with pytest.raises(tables.InputError, match=r"span 7 not found .* available spans: \[1\]"):
         preflight.check(spec, span=7)
     write(os.path.join(spec.catalog.base, "items.csv"), "item_id,genre\na,x\n")
-    with pytest.raises(rows.InputError, match=r"items.csv: missing column\(s\) \['year'\]"):
+    with pytest.raises(tables.InputError, match=r"items.csv: missing column\(s\) \['year'\]"):
         preflight.check(spec)
     moved = tiny_spec(tiny_root, catalog__path="nowhere")
-    with pytest.raises(rows.InputError, match="catalog: folder .*nowhere does not exist"):
+    with pytest.raises(tables.InputError, match="catalog: folder .*nowhere does not exist"):
         preflight.check(moved)

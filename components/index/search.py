@@ -65,12 +65,6 @@ def brute_force(queries: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndar
     return np.take_along_axis(scores, top, axis=1), top
 
 
-def recall(approx: np.ndarray, exact: np.ndarray) -> float:
-    """Mean over queries of ``|approx ∩ exact| / k`` (index sets, ties aside)."""
-    hits = [len(set(a.tolist()) & set(e.tolist())) / len(e) for a, e in zip(approx, exact)]
-    return float(np.mean(hits)) if hits else 0.0
-
-
 def score_recall(approx_scores: np.ndarray, exact_scores: np.ndarray, tol: float = 1e-5) -> float:
     """Recall by scores: share of exact top-k scores matched (robust to tied ids)."""
     hits = []

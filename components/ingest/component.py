@@ -14,7 +14,8 @@ from tfx.proto import example_gen_pb2, range_config_pb2
 from tfx.types import channel, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 
-from components.ingest import executor, rows
+from components.ingest import executor
+from transforms import tables
 from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_to_json
 
 
@@ -44,10 +45,10 @@ class ContractExampleGen(base_beam_component.BaseBeamComponent):
           table: ``logs`` or ``catalog``.
           span: ingest this span of the logs; None takes the latest span.
         """
-        source = spec.logs if table == rows.LOGS else spec.catalog
+        source = spec.logs if table == tables.LOGS else spec.catalog
         input_config = example_gen_pb2.Input(splits=[
             example_gen_pb2.Input.Split(name="single_split", pattern=source.pattern)])
-        if table == rows.LOGS:
+        if table == tables.LOGS:
             output_config = _log_split_config(spec)
         else:
             input_config.splits[0].name = "catalog"

@@ -20,7 +20,7 @@ import tensorflow as tf
 from tfx.components.example_gen import base_example_gen_executor
 from tfx.types import artifact_utils, standard_component_specs
 
-from components.ingest import rows
+from transforms import tables
 from transforms.spec import SPEC_PARAMETER, spec_from_json
 
 TABLE_KEY = "table"
@@ -31,7 +31,7 @@ ROWS_OK = "rows_ok"
 
 
 def _dedupe(item: tuple[str, Iterable[tuple[str, bytes]]],
-            policy: str) -> Iterator[Union[bytes, rows.Reject]]:
+            policy: str) -> Iterator[Union[bytes, tables.Reject]]:
     """The first definition of one catalog id (by file, line), as a serialized Example.
 
     Args:
@@ -42,12 +42,12 @@ def _dedupe(item: tuple[str, Iterable[tuple[str, bytes]]],
     ordered = sorted(group, key=lambda r: _location_key(r[0]))
     if len(ordered) > 1 and policy == "error":
         places = ", ".join(location for location, _ in ordered[:5])
-        raise rows.InputError(
+        raise tables.InputError(
             f"catalog item id {item_id!r} appears {len(ordered)} times ({places}). "
             "Make catalog ids unique, or set on_bad_input.duplicate_item: keep_first.")
     yield ordered[0][1]
     for location, _ in ordered[1:]:
-        yield rows.Reject(rows.DUPLICATE, location,
+        yield tables.Reject(tables.DUPLICATE, location,
                           f"item id {item_id!r} already defined at {ordered[0][0]}")
 
 
@@ -92,20 +92,20 @@ def _ContractCsvToExample(  # pylint: disable=invalid-name
     feature); catalog rows leave the id de-duplication serialized.
     """
     spec = spec_from_json(exec_properties[SPEC_PARAMETER])
-    table = rows.table_for(spec, exec_properties[TABLE_KEY])
+    table = tables.table_for(spec, exec_properties[TABLE_KEY])
     input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
     files = sorted(tf.io.gfile.glob(os.path.join(input_base, split_pattern)))
     if not files:
-        raise rows.InputError(
+        raise tables.InputError(
             f"no {table.kind} file matches {os.path.join(input_base, split_pattern)}; "
             "check the spec's path and pattern.")
     parsed = (pipeline
               | "Files" >> beam.Create(files)
               | "Spread" >> beam.Reshuffle()
-              | "ReadCsv" >> beam.FlatMap(rows.read_file, table))
-    good = parsed | "Rows" >> beam.Filter(lambda r: isinstance(r, rows.Row))
-    rejects = parsed | "Rejects" >> beam.Filter(lambda r: isinstance(r, rows.Reject))
-    if table.kind == rows.CATALOG:
+              | "ReadCsv" >> beam.FlatMap(tables.read_file, table))
+    good = parsed | "Rows" >> beam.Filter(lambda r: isinstance(r, tables.Row))
+    rejects = parsed | "Rejects" >> beam.Filter(lambda r: isinstance(r, tables.Reject))
+    if table.kind == tables.CATALOG:
         # The shuffle carries (id, (file:line, bytes)): cheap to encode, unlike Rows.
         deduped = (good
                    | "ById" >> beam.Map(
@@ -113,7 +113,7 @@ def _ContractCsvToExample(  # pylint: disable=invalid-name
                    | "GroupById" >> beam.GroupByKey()
                    | "Dedupe" >> beam.FlatMap(_dedupe, table.duplicate_item))
         examples = deduped | "Unique" >> beam.Filter(lambda r: isinstance(r, bytes))
-        dups = deduped | "Dups" >> beam.Filter(lambda r: isinstance(r, rows.Reject))
+        dups = deduped | "Dups" >> beam.Filter(lambda r: isinstance(r, tables.Reject))
         rejects = (rejects, dups) | "AllRejects" >> beam.Flatten()
     else:
         examples = good | "ToExample" >> beam.Map(lambda r: r.example)
@@ -147,7 +147,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         table = exec_properties[TABLE_KEY]
         if counts.get(ROWS_OK, 0) == 0:
             where = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-            raise rows.InputError(
+            raise tables.InputError(
                 f"the {table} input under {where} (span {examples.span}) has no valid row "
                 f"(counts: {counts}); an empty span or table cannot be ingested. "
                 "Remove the empty span folder or add data; see "

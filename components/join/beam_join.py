@@ -34,8 +34,7 @@ from typing import Any, Iterable, Iterator, Optional
 import apache_beam as beam
 import tensorflow as tf
 
-from components.ingest import rows
-from transforms import features
+from transforms import features, tables
 from transforms.spec import DatasetSpec
 
 Row = dict[str, list[bytes]]
@@ -69,13 +68,13 @@ def _first(row: Row, column: str) -> bytes:
     return row[column][0]
 
 
-def _unknown(spec: DatasetSpec, item_id: bytes, side: str, n_rows: int) -> rows.Reject:
+def _unknown(spec: DatasetSpec, item_id: bytes, side: str, n_rows: int) -> tables.Reject:
     if spec.unknown_item == "error":
-        raise rows.InputError(
+        raise tables.InputError(
             f"logs: {side} item id {item_id.decode(errors='replace')!r} is not in the catalog "
             f"({n_rows} log rows). Add the item to the catalog, or set "
             "on_bad_input.unknown_item: reject to count and drop such rows.")
-    return rows.Reject(rows.UNKNOWN, f"{side}={item_id.decode(errors='replace')}",
+    return tables.Reject(tables.UNKNOWN, f"{side}={item_id.decode(errors='replace')}",
                        "log rows name an item absent from the catalog", n_rows)
 
 
@@ -240,7 +239,7 @@ def JoinLogsWithCatalog(  # noqa: N802  pylint: disable=invalid-name
 
     Returns:
       ``(examples, rejects, train_counts)``: ``(split, bucket, serialized
-      Example)`` for splits train/eval/catalog, :class:`rows.Reject`
+      Example)`` for splits train/eval/catalog, :class:`tables.Reject`
       records, and ``(item id, training count)``.
     """
     if strategy not in STRATEGIES:

@@ -13,9 +13,8 @@ from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
 from components.ingest import executor as ingest_executor
-from components.ingest import rows
 from components.join import anomalies, beam_join
-from transforms import features
+from transforms import features, tables
 from transforms.schema import joined_schema
 from transforms.spec import SPEC_PARAMETER, spec_from_json
 
@@ -46,7 +45,7 @@ def _summary_pairs(examples: beam.PCollection, rejects: beam.PCollection) -> bea
     zeros = examples.pipeline | "Zeros" >> beam.Create(
         [(s, 0) for s in features.JOINED_SPLITS]
         + [(f"{s}_{b}", 0) for s in features.JOINED_SPLITS for b in features.BUCKETS]
-        + [(f"rejected_{rows.UNKNOWN}", 0)])
+        + [(f"rejected_{tables.UNKNOWN}", 0)])
     return ((by_split, by_bucket, bad, zeros)
             | "AllKeys" >> beam.Flatten()
             | "Sum" >> beam.CombinePerKey(sum))
@@ -129,7 +128,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                      os.path.join(report_dir, SUMMARY_FILE), shard_name_template=""))
         summary = read_summary(examples.uri)
         if summary[features.TRAIN_SPLIT] == 0:
-            raise rows.InputError(
+            raise tables.InputError(
                 f"no training pairs left after joining logs with the catalog ({summary}); "
                 f"see {report_dir} for the rejected rows and check that the logs' item "
                 "ids match the catalog's id column.")

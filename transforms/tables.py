@@ -1,4 +1,7 @@
-"""Row-level parsing of the contract's CSV files (pure Python, no Beam).
+"""The CSV side of the data contract: table definitions, header checks, row parsing.
+
+Shared by ingestion, the join, preflight checks and the run summary (pure
+Python, no Beam).
 
 A row either becomes a ``tf.train.Example`` or a :class:`Reject` that names
 the file, the line and the reason. Structural problems of a whole file (no
