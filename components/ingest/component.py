@@ -15,7 +15,7 @@ from tfx.types import channel, standard_artifacts, standard_component_specs
 from tfx.types.component_spec import ExecutionParameter
 
 from components.ingest import executor
-from transforms import tables
+from transforms import features, tables
 from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_to_json
 
 
@@ -51,7 +51,7 @@ class ContractExampleGen(base_beam_component.BaseBeamComponent):
         if table == tables.LOGS:
             output_config = _log_split_config(spec)
         else:
-            input_config.splits[0].name = "catalog"
+            input_config.splits[0].name = features.CATALOG_SPLIT
             output_config = example_gen_pb2.Output()
         range_config = None
         if span is not None:
@@ -73,8 +73,9 @@ class ContractExampleGen(base_beam_component.BaseBeamComponent):
 def _log_split_config(spec: DatasetSpec) -> example_gen_pb2.Output:
     """Deterministic train/eval split: a hash of ``split.key`` (or the row)."""
     config = example_gen_pb2.SplitConfig(splits=[
-        example_gen_pb2.SplitConfig.Split(name="train", hash_buckets=100 - spec.eval_percent),
-        example_gen_pb2.SplitConfig.Split(name="eval", hash_buckets=spec.eval_percent),
+        example_gen_pb2.SplitConfig.Split(name=features.TRAIN_SPLIT,
+                                          hash_buckets=100 - spec.eval_percent),
+        example_gen_pb2.SplitConfig.Split(name=features.EVAL_SPLIT, hash_buckets=spec.eval_percent),
     ])
     if spec.split_key:
         config.partition_feature_name = spec.split_key

@@ -108,7 +108,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                         lambda row, s=split: (s, row)))
             joined, rejects, _ = ({
                 "logs": log_rows | "AllLogs" >> beam.Flatten(),
-                "catalog": _read_split(pipeline, catalog, "catalog", "catalog"),
+                "catalog": _read_split(pipeline, catalog, features.CATALOG_SPLIT, "catalog"),
             } | "Join" >> beam_join.JoinLogsWithCatalog(spec, strategy))
             for split in features.JOINED_SPLITS:
                 _ = (joined
