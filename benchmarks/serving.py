@@ -304,8 +304,9 @@ def _endpoint_lines(values: dict[str, object]) -> list[str]:
               f"{values['endpoint_swap_answers_both']}, to neither: "
               f"{values['endpoint_swap_answers_neither']}.", "",
               "Goals on 2 cores: p99 <= 20 ms at 32 clients, >= 1,500 requests/s at 8 clients, "
-              "0 errors. The figures above were taken with other jobs sharing the 2 CPUs; "
-              f"rerun on an idle machine with the single command `{values['command']}`."]
+              "0 errors. The machine load above says how idle the CPUs were (these "
+              "machines are shared); rerun with the single command "
+              f"`{values['command']}` (after `make run`)."]
     return lines
 
 
