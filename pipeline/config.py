@@ -6,6 +6,7 @@ import dataclasses
 import os
 from typing import Optional
 
+from components import worker_exit
 from components.correlation.settings import CorrelationSettings
 from components.evaluate.config import EvalSettings
 from components.index.search import IndexConfig
@@ -15,7 +16,9 @@ from transforms.spec import DatasetSpec
 
 # DirectRunner defaults: one process per core. Other runners (Dataflow, Flink,
 # Spark) are chosen by passing their flags instead.
-LOCAL_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0")
+# Every worker imports components.worker_exit, which frees TF objects before exit.
+LOCAL_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0",
+                   worker_exit.BEAM_PLUGIN_FLAG)
 IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
 
 

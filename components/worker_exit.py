@@ -1,0 +1,39 @@
+"""Imported into every Beam worker (``--beam_plugin``): frees TF objects before exit.
+
+TFX's Beam steps (Transform's analyzers, TFMA's model evaluation) load
+SavedModels through Beam's process-wide shared-object cache
+(``apache_beam.utils.shared``). The cache keeps the last loaded model alive
+until the interpreter tears its modules down; TF's function objects then
+run their finalizers after TF's own module globals are gone, and each prints
+"Exception ignored in: AtomicFunction.__del__ ... TypeError" (about a
+hundred per run). An exit hook registered here runs before that teardown:
+it drops the cache's references and collects, so the objects are freed
+while TF is intact. Beam offers no public call to empty the cache, so this
+touches its module-level map (checked by ``tests/test_worker_exit.py``).
+"""
+
+from __future__ import annotations
+
+import atexit
+import gc
+
+
+def release_shared_objects() -> int:
+    """Drops Beam's cached shared objects and collects; returns how many were cached."""
+    from apache_beam.utils import shared
+
+    cache = getattr(shared, "_shared_map", None)
+    if cache is None:
+        return 0
+    with cache._lock:  # pylint: disable=protected-access
+        n = len(cache._cache_map)  # pylint: disable=protected-access
+        cache._cache_map.clear()  # pylint: disable=protected-access
+        cache._keepalive = None  # pylint: disable=protected-access
+    gc.collect()
+    return n
+
+
+atexit.register(release_shared_objects)
+
+#: The Beam flag that imports this module into every SDK worker.
+BEAM_PLUGIN_FLAG = f"--beam_plugin={__name__}"
