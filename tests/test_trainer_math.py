@@ -127,6 +127,12 @@ def test_main_stream_follows_the_logs(tmp_path):
     assert stats.chisquare(np.bincount(seen, minlength=20), expected).pvalue > 1e-3
 
 
+def test_hparams_round_trip_through_custom_config():
+    for hp in (hparams.HParams(), hparams.from_dict({"variant": "mns", "share_towers": True,
+                                                     "ssl_temperature": 0.2, "n_masked": 2})):
+        assert hparams.from_dict(hp.to_dict()) == hp
+
+
 def test_hparams_validation_names_the_key():
     assert hparams.from_dict({"variant": "so", "hidden_units": [8, 4]}).hidden_units == (8, 4)
     with pytest.raises(ValueError, match=r"unknown key\(s\) \['alhpa'\]"):
@@ -246,3 +252,17 @@ def test_every_variant_trains_a_step(variant):
     assert np.isfinite(logs["loss"]) and logs["main_loss"] > 0
     assert ("ssl_loss" in logs) == hparams.VARIANTS[variant].ssl_loss
     assert model.shared             # item-to-item without context: one tower
+
+
+def test_trainer_custom_config_round_trip(tiny_root):
+    import json
+
+    from components.trainer import component
+    from tests.conftest import tiny_spec
+
+    spec = tiny_spec(tiny_root)
+    hp = hparams.from_dict({"variant": "cfm_balanced", "alpha": 0.3})
+    config = json.loads(json.dumps(component.custom_config(spec, hp)))   # as TFX ships it
+    assert component.read_custom_config(config) == (hp, spec)
+    with pytest.raises(ValueError, match="has no 'dataset_spec'"):
+        component.read_custom_config({"hparams": {}})

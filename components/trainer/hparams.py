@@ -178,12 +178,12 @@ def _checked(key: str, value: Any, default: Any) -> Any:
             raise ValueError(f"hparams.hidden_units: expected a non-empty list of positive ints, "
                              f"got {value!r}.")
         return tuple(value)
+    if value is None and key in ("ssl_temperature", "n_masked", "share_towers"):
+        return None
     if key in ("share_towers", "logq_correction", "remove_accidental_hits"):
         if not isinstance(value, bool):
             raise TypeError(f"hparams.{key}: expected true/false, got {value!r}.")
         return value
-    if value is None and key in ("ssl_temperature", "n_masked", "share_towers"):
-        return None
     low, high = _RANGES[key]
     kind = int if isinstance(low, int) else float
     if isinstance(value, bool) or not isinstance(value, (int, float)):
