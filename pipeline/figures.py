@@ -75,31 +75,29 @@ def key_figure(record: records.NodeRecord, config: PipelineConfig) -> str:
     node, props = record.node_id, record.properties
     if node.endswith("ExampleGen"):
         return f"{props['examples'].get('rows_ok', 0)} rows, {rejects(props['examples'])}"
-    if node == "JoinExamples":
+    if node == nodes.JOIN:
         p = props[join_executor.EXAMPLES_KEY]
         return (f"train {p.get(features.TRAIN_SPLIT, 0)}, eval {p.get(features.EVAL_SPLIT, 0)}"
                 f", catalog {p.get(features.CATALOG_SPLIT, 0)} rows; "
                 f"{p.get('rejected_unknown_item', 0)} log rows with an unknown item")
-    if node == "Transform":
+    if node == nodes.TRANSFORM:
         sizes = vocab_sizes(record.outputs["transform_graph"][0])
         return "vocabularies " + ", ".join(f"{k} {v}" for k, v in sizes.items())
-    if node == "FeatureCorrelation":
+    if node == nodes.CORRELATION:
         from components.correlation import report as correlation_report
 
         doc = correlation_report.read(record.outputs["correlation"][0])
         return f"{len(doc['groups'])} CFM groups over {len(doc['features'])} features"
-    if node.startswith("Trainer"):
-        from components.trainer import hparams
-
+    if node.startswith(nodes.trainer("", first=True)):
         loss = final_loss(record.outputs["model_run"][0])
-        steps = hparams.from_dict(config.hparams).train_steps
+        steps = config.hparams.train_steps
         return f"loss {loss:.4f} after {steps} steps" if loss is not None else f"{steps} steps"
     if node == nodes.INDEX:
         recall = {k: v for k, v in props["scann_model"].items() if k.startswith("recall_at_")}
         return ", ".join(f"ScaNN {k} {v:.3f}" for k, v in recall.items()) + " vs brute force"
     if node == nodes.EVALUATOR:
         return _evaluator_figure(record)
-    if node.startswith("Pusher"):
+    if node.startswith(nodes.pusher("")):
         p = props.get("pushed_model", {})
         return f"pushed version {p.get('pushed_version')}" if p.get("pushed") else "not pushed"
     return ""
