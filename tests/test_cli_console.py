@@ -14,6 +14,7 @@ import sys
 
 import pytest
 
+from components.trainer import hparams
 from pipeline import summary
 from pipeline.config import PipelineConfig
 from pipeline.datasets import synthetic
@@ -58,7 +59,7 @@ def test_console_shows_progress_and_the_log_holds_the_detail(tmp_path):
     log_path = lines[0].split()[1]
     assert lines[0].startswith("Log: ") and log_path.startswith(run_root)
     config = PipelineConfig(spec=load_spec(spec_path), run_root=run_root,
-                            hparams=json.loads(HPARAMS))
+                            hparams=hparams.from_dict(json.loads(HPARAMS)))
     nodes = summary.node_ids(config)
     for node in nodes:
         assert sum(re.search(rf" start  {node}$", line) is not None for line in lines) == 1, node
