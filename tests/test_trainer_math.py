@@ -216,6 +216,10 @@ def test_variant_table_drives_the_split_sizes():
     assert [table["cfm_balanced"].n_masked(k) for k in (4, 5, 12)] == [2, 2, 6]
     hp = hparams.from_dict({"variant": "cfm_balanced", "n_masked": 3})
     assert hp.masked_count(4) == 3 and hparams.HParams().logq_correction
+    with pytest.raises(ValueError, match="masking must be one of"):
+        hparams.Variant(masking="cfm2", ssl_loss=True)
+    with pytest.raises(ValueError, match="needs ssl_loss=True"):
+        hparams.Variant(masking="cfm")
 
 
 def _batch(rng, n, names, vocab, prefix_keys):

@@ -43,6 +43,14 @@ class Variant:
     feature_dropout: bool = False
     extra_negatives: bool = False
 
+    def __post_init__(self) -> None:
+        """Rejects an unknown masking kind or split size."""
+        if self.masking not in MASKINGS or self.split not in SPLITS:
+            raise ValueError(f"Variant: masking must be one of {MASKINGS} and split one of "
+                             f"{SPLITS}; got {self.masking!r}, {self.split!r}.")
+        if self.masking != "none" and not self.ssl_loss:
+            raise ValueError("Variant: masking makes the two SSL views; it needs ssl_loss=True.")
+
     @property
     def needs_catalog(self) -> bool:
         """Whether training draws uniform catalog batches."""
