@@ -167,6 +167,16 @@ def test_query_item_columns_are_masked():
     assert mask[1, 0] and mask[1, 4] and mask[3, 0] and mask[0, 4] and not mask[2, 2]
     assert np.allclose(logits.numpy(), np.where(mask, -1e9, raw))
     assert loss.numpy() == pytest.approx(_masked_ce(raw, mask), rel=1e-6)
+    # Accidental hits kept: only the query-item columns are masked.
+    _, logits, _ = losses.batch_softmax_loss(
+        tf.constant(q), tf.constant(x), 0.1, item_ids=tf.constant(item_ids),
+        query_ids=tf.constant(query_ids), remove_accidental_hits=False)
+    only_query = query_ids[:, None] == item_ids[None, :]
+    np.fill_diagonal(only_query, False)
+    assert np.allclose(logits.numpy(), np.where(only_query, -1e9, raw))
+    with pytest.raises(ValueError, match="pass item_ids too"):
+        losses.batch_softmax_loss(tf.constant(q), tf.constant(x), 0.1,
+                                  query_ids=tf.constant(query_ids))
 
 
 def test_ssl_loss_masks_repeated_draws_of_an_item():

@@ -37,6 +37,7 @@ def batch_softmax_loss(
     extra_items: Optional[tf.Tensor] = None,
     extra_ids: Optional[tf.Tensor] = None,
     extra_log_q: Optional[tf.Tensor] = None,
+    remove_accidental_hits: bool = True,
 ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The main loss: softmax over the in-batch positives (and extra negatives).
 
@@ -49,7 +50,8 @@ def batch_softmax_loss(
         negative of every other row.
       temperature: tau.
       item_ids: [N] ids of the positives; if given, candidates ``j != i`` with
-        the id of row i's positive (accidental hits) are masked out.
+        the id of row i's positive (accidental hits) are masked out (unless
+        ``remove_accidental_hits`` is False).
       log_q: [N] log sampling probability of each positive item; if given,
         subtracted from column j's logits (logQ correction).
       query_ids: [N] item ids of the queries (item-to-item); if given,
@@ -58,25 +60,32 @@ def batch_softmax_loss(
       extra_items: [M, D] extra negatives (e.g. a uniform catalog batch).
       extra_ids: [M] their ids (for the two masks above).
       extra_log_q: [M] their log sampling probabilities (with ``log_q``).
+      remove_accidental_hits: mask accidental hits (needs ``item_ids``).
 
     Returns:
       ``(loss, logits, labels)``: scalar mean loss, [N, N + M] logits after
       masking/correction, [N] labels (the diagonal).
     """
+    if query_ids is not None and item_ids is None:
+        raise ValueError("query_ids masks candidates by id: pass item_ids too.")
     candidates, candidate_ids, candidate_log_q = item, item_ids, log_q
     if extra_items is not None:
+        if item_ids is not None and extra_ids is None:
+            raise ValueError("extra_items with item_ids need extra_ids (the same masks apply).")
+        if log_q is not None and extra_log_q is None:
+            raise ValueError("extra_items with log_q need extra_log_q (every column corrected).")
         candidates = tf.concat([item, extra_items], axis=0)
-        if item_ids is not None and extra_ids is not None:
+        if item_ids is not None:
             candidate_ids = tf.concat([item_ids, tf.cast(extra_ids, item_ids.dtype)], axis=0)
-        if log_q is not None and extra_log_q is not None:
+        if log_q is not None:
             candidate_log_q = tf.concat([log_q, tf.cast(extra_log_q, log_q.dtype)], axis=0)
     logits = cosine_logits(query, candidates, temperature)
     if candidate_log_q is not None:
         logits = logits - tf.cast(candidate_log_q, logits.dtype)[tf.newaxis, :]
     labels = tf.range(tf.shape(logits)[0])
-    if item_ids is not None and candidate_ids is not None:
+    if item_ids is not None and remove_accidental_hits:
         logits = _mask_same(logits, item_ids, candidate_ids)
-    if query_ids is not None and candidate_ids is not None:
+    if query_ids is not None:
         logits = _mask_same(logits, tf.cast(query_ids, candidate_ids.dtype), candidate_ids)
     loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
     return tf.reduce_mean(loss), logits, labels

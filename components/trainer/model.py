@@ -196,8 +196,8 @@ class TwoTowerSSL(tf_keras.Model):
             if hp.logq_correction:
                 extra["extra_log_q"] = self._log_q(ssl[features.ITEM_TRAIN_COUNT])
         return losses.batch_softmax_loss(
-            query, item, hp.temperature, item_ids=ids if hp.remove_accidental_hits else None,
-            log_q=log_q, query_ids=query_ids, **extra)
+            query, item, hp.temperature, item_ids=ids, log_q=log_q, query_ids=query_ids,
+            remove_accidental_hits=hp.remove_accidental_hits, **extra)
 
     def train_step(self, data: tuple[dict, dict]) -> dict[str, tf.Tensor]:
         """One step of L = L_main + alpha * L_self."""
