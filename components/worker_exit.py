@@ -16,12 +16,16 @@ from __future__ import annotations
 
 import atexit
 import gc
+import sys
 
 
 def release_shared_objects() -> int:
-    """Drops Beam's cached shared objects and collects; returns how many were cached."""
-    from apache_beam.utils import shared
+    """Drops Beam's cached shared objects and collects; returns how many were cached.
 
+    Does nothing in a process that never imported Beam's shared-object module
+    (nothing is cached there, and importing at exit is not safe).
+    """
+    shared = sys.modules.get("apache_beam.utils.shared")
     cache = getattr(shared, "_shared_map", None)
     if cache is None:
         return 0

@@ -12,6 +12,7 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
+from components.join import beam_join
 from components.join import executor as join_executor
 from pipeline import figures, pipeline, records
 from pipeline import nodes as nodes_lib
@@ -202,6 +203,9 @@ def _data_lines(summary: RunSummary) -> list[str]:
             f"  log rows rejected, item not in catalog: {props.get('rejected_unknown_item', 0)}",
             f"  (head = top {summary.config.spec.head_fraction:.0%} of items seen in training by "
             "frequency; cold = unseen)"]
+        if summary.config.spec.cold_item_percent:
+            lines.append(f"  training rows moved to eval, {summary.config.spec.cold_item_percent}% "
+                         f"of items held out: {props.get(beam_join.MOVED_COLD, 0)}")
     if TRANSFORM in nodes:
         sizes = ", ".join(f"{k} {v}" for k, v in summary.vocabularies.items())
         lines += [f"Transform [{nodes[TRANSFORM].state}] -> "

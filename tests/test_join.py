@@ -78,3 +78,31 @@ def test_unknown_item_policy_error_names_the_id(tiny_root):
             _ = ({"logs": p | "L" >> beam.Create([("train", _log(b"a", b"zz"))]),
                   "catalog": p | "C" >> beam.Create([_catalog(b"a", [], [])])}
                  | beam_join.JoinLogsWithCatalog(spec))
+
+
+def test_held_out_items_leave_training_and_are_counted(tiny_root):
+    import hashlib
+
+    spec = tiny_spec(tiny_root, split__cold_item_percent=30)
+    ids = [b"i%d" % k for k in range(60)]
+    logs = [("train" if k % 5 else "eval", _log(ids[k % 60], ids[(7 * k + 3) % 60]))
+            for k in range(300)]
+
+    def oracle_held(item_id):      # independent: the first 8 bytes of SHA-256 mod 100
+        return int(hashlib.sha256(item_id).hexdigest()[:16], 16) % 100 < 30
+
+    held = {i for i in ids if oracle_held(i)}
+    assert 5 < len(held) < 35
+    moved_expected = sum(s == "train" and (r["seed"][0] in held or r["item"][0] in held)
+                         for s, r in logs)
+    expected = [("eval" if s == "train" and (r["seed"][0] in held or r["item"][0] in held)
+                 else s, r["seed"][0], r["item"][0]) for s, r in logs]
+    with beam.Pipeline() as p:
+        rows, moved = (p | beam.Create(logs)) | beam_join.HoldOutColdItems(spec)
+        assert_that(rows | beam.Map(lambda sr: (sr[0], sr[1]["seed"][0], sr[1]["item"][0])),
+                    equal_to(expected), label="rows")
+        assert_that(moved, equal_to([(beam_join.MOVED_COLD, moved_expected)]), label="moved")
+    assert moved_expected > 0
+    # Without the option nothing moves.
+    plain = tiny_spec(tiny_root)
+    assert all(beam_join.hold_out(sr, plain) == sr for sr in logs)

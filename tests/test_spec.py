@@ -12,11 +12,14 @@ def test_parses_and_round_trips(tiny_root):
     assert spec.has_spans
     assert spec.log_columns() == ("seed", "item", "device", "user")
     assert spec_from_dict(spec.to_dict()) == spec
+    assert spec.cold_item_percent == 0
+    assert tiny_spec(tiny_root, split__cold_item_percent=10).cold_item_percent == 10
 
 
 @pytest.mark.parametrize("overrides, message", [
     ({"catalog__idd": "x"}, "unknown key(s) ['idd']"),
     ({"split__eval_percent": 80}, "split.eval_percent must be in [1, 50]"),
+    ({"split__cold_item_percent": 60}, "split.cold_item_percent must be in [0, 50]"),
     ({"on_bad_input__unknown_item": "drop"}, "allowed values are ['reject', 'error']"),
     ({"logs__pattern": "{SPAN}.csv"}, "spans must be folders named 'span-{SPAN}/'"),
     ({"query__item_features": ["nope"]}, "['nope'] are not catalog features"),

@@ -64,3 +64,14 @@ def test_release_drops_the_shared_cache():
     assert worker_exit.release_shared_objects() >= 1
     del model
     assert len(shared._shared_map._cache_map) == 0      # noqa: SLF001
+
+
+def test_a_process_without_beam_exits_cleanly():
+    # The CLI imports the module (its flag is in the default Beam args); a
+    # command that never loads Beam must not import it at exit.
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    done = subprocess.run(
+        [sys.executable, "-c", "import sys, components.worker_exit; "
+                               "assert 'apache_beam' not in sys.modules"],
+        env=dict(os.environ, PYTHONPATH=root), capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0 and done.stderr == "", done.stderr

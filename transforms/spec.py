@@ -100,6 +100,11 @@ class DatasetSpec:
       eval_percent: share of log rows (by hash of ``split_key``) held out.
       split_key: log column hashed for the split (rows sharing it stay
         together), or None to hash the whole row.
+      cold_item_percent: share of catalog items (by SHA-256 of the item id)
+        held out of training: every training log row whose query or engaged
+        item is one of them moves to eval, so those items are cold (never
+        seen in training) and the cold slice gets their pairs. 0 (default)
+        holds none out.
       num_oov_buckets: OOV buckets per vocabulary.
       malformed_row: ``reject`` (count and report) or ``error``.
       unknown_item: ``reject`` or ``error`` for log items absent from the
@@ -122,6 +127,7 @@ class DatasetSpec:
     train_spans: int = 1
     eval_percent: int = 10
     split_key: Optional[str] = None
+    cold_item_percent: int = 0
     num_oov_buckets: int = 1
     malformed_row: str = "reject"
     unknown_item: str = "reject"
@@ -293,7 +299,7 @@ def parse_spec(data: Mapping[str, Any], root: str) -> DatasetSpec:
     context = tuple(_feature(raw, f"logs.context_features[{i}]", vocab)
                     for i, raw in enumerate(logs.get("context_features", []) or []))
     split = data.get("split", {}) or {}
-    _check_keys(split, ("eval_percent", "key"), "split")
+    _check_keys(split, ("eval_percent", "key", "cold_item_percent"), "split")
     query = data.get("query", {}) or {}
     _check_keys(query, ("item_features",), "query")
     names = [f.name for f in features]
@@ -319,6 +325,7 @@ def parse_spec(data: Mapping[str, Any], root: str) -> DatasetSpec:
         train_spans=int(logs.get("train_spans", 1)),
         eval_percent=int(split.get("eval_percent", 10)),
         split_key=split.get("key"),
+        cold_item_percent=int(split.get("cold_item_percent", 0)),
         num_oov_buckets=int(vocab.get("num_oov_buckets", 1)),
         head_fraction=float(data.get("head_fraction", 0.1)),
         logs_schema=schema_paths["logs"],
@@ -332,6 +339,9 @@ def parse_spec(data: Mapping[str, Any], root: str) -> DatasetSpec:
 def _check_ranges(spec: DatasetSpec) -> None:
     if not 1 <= spec.eval_percent <= 50:
         raise SpecError(f"split.eval_percent must be in [1, 50], got {spec.eval_percent}.")
+    if not 0 <= spec.cold_item_percent <= 50:
+        raise SpecError("split.cold_item_percent must be in [0, 50], got "
+                        f"{spec.cold_item_percent}.")
     if spec.train_spans < 1:
         raise SpecError(f"logs.train_spans must be >= 1, got {spec.train_spans}.")
     if spec.num_oov_buckets < 1:

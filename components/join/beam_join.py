@@ -28,6 +28,7 @@ training for the head boundary (O(#seen items) memory in one worker).
 from __future__ import annotations
 
 import functools
+import hashlib
 import math
 from typing import Any, Iterable, Iterator, Optional
 
@@ -42,6 +43,8 @@ Parts = tuple[bytes, bytes]
 REJECT_TAG = "rejects"
 UNKNOWN_TAG = "unknown"
 SHUFFLE, SIDE_INPUT = "shuffle", "side_input"
+#: Summary key: training log rows moved to eval because they hold a held-out item.
+MOVED_COLD = "moved_to_eval_cold_items"
 STRATEGIES = (SHUFFLE, SIDE_INPUT)
 
 
@@ -223,6 +226,46 @@ def _side_input_join(catalog: beam.PCollection, logs: beam.PCollection, spec: Da
                | "CountUnknown" >> beam.CombinePerKey(sum)
                | "Rejects" >> beam.MapTuple(lambda key, n: _unknown(spec, key[1], key[0], n)))
     return joined.rows, rejects
+
+
+def held_out(item_id: bytes, percent: int) -> bool:
+    """Whether ``item_id`` is among the ``percent``% of items held out of training.
+
+    Decided by the SHA-256 of the id alone, so every run, worker and span
+    agrees, independently of the log rows' own split hash.
+    """
+    if percent <= 0:
+        return False
+    return int.from_bytes(hashlib.sha256(item_id).digest()[:8], "big") % 100 < percent
+
+
+def hold_out(split_row: tuple[str, Row], spec: DatasetSpec) -> tuple[str, Row]:
+    """Moves a training row whose query or engaged item is held out to ``eval``."""
+    split, row = split_row
+    if split != features.TRAIN_SPLIT or spec.cold_item_percent <= 0:
+        return split_row
+    ids = (_first(row, spec.item_column), _first(row, spec.query_item_column))
+    if any(held_out(i, spec.cold_item_percent) for i in ids):
+        return features.EVAL_SPLIT, row
+    return split_row
+
+
+@beam.ptransform_fn
+def HoldOutColdItems(  # noqa: N802  pylint: disable=invalid-name
+    logs: beam.PCollection, spec: DatasetSpec
+) -> tuple[beam.PCollection, beam.PCollection]:
+    """``(split, row)`` -> the same rows with held-out items' training rows in ``eval``.
+
+    Returns:
+      ``(logs, moved)``: the re-split rows and ``[(MOVED_COLD, n)]``, the
+      number of training rows moved (0 when ``split.cold_item_percent`` is 0).
+    """
+    resplit = logs | "ReSplit" >> beam.Map(lambda sr: (sr[0], hold_out(sr, spec)))
+    moved = (resplit
+             | "Moved" >> beam.Map(lambda pair: int(pair[0] != pair[1][0]))
+             | "CountMoved" >> beam.CombineGlobally(sum)
+             | "Tag" >> beam.Map(lambda n: (MOVED_COLD, n)))
+    return resplit | "Rows" >> beam.Map(lambda pair: pair[1]), moved
 
 
 @beam.ptransform_fn

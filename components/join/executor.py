@@ -38,7 +38,8 @@ def _read_split(pipeline: beam.Pipeline, artifact: Any, split: str, label: str) 
             | f"Parse[{label}]" >> beam.Map(beam_join.example_to_row))
 
 
-def _summary_pairs(examples: beam.PCollection, rejects: beam.PCollection) -> beam.PCollection:
+def _summary_pairs(examples: beam.PCollection, rejects: beam.PCollection,
+                   moved: beam.PCollection) -> beam.PCollection:
     by_split = examples | "KeySplit" >> beam.Map(lambda e: (e[0], 1))
     by_bucket = examples | "KeyBucket" >> beam.Map(lambda e: (f"{e[0]}_{e[1]}", 1))
     bad = rejects | "KeyReject" >> beam.Map(lambda r: (f"rejected_{r.kind}", r.n_rows))
@@ -46,7 +47,7 @@ def _summary_pairs(examples: beam.PCollection, rejects: beam.PCollection) -> bea
         [(s, 0) for s in features.JOINED_SPLITS]
         + [(f"{s}_{b}", 0) for s in features.JOINED_SPLITS for b in features.BUCKETS]
         + [(f"rejected_{tables.UNKNOWN}", 0)])
-    return ((by_split, by_bucket, bad, zeros)
+    return ((by_split, by_bucket, bad, moved, zeros)
             | "AllKeys" >> beam.Flatten()
             | "Sum" >> beam.CombinePerKey(sum))
 
@@ -106,8 +107,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                     parsed = _read_split(pipeline, logs, split, f"logs{i}-{split}")
                     log_rows.append(parsed | f"Tag[{i}-{split}]" >> beam.Map(
                         lambda row, s=split: (s, row)))
+            logs, moved = (log_rows | "AllLogs" >> beam.Flatten()
+                           | "HoldOutColdItems" >> beam_join.HoldOutColdItems(spec))
             joined, rejects, _ = ({
-                "logs": log_rows | "AllLogs" >> beam.Flatten(),
+                "logs": logs,
                 "catalog": _read_split(pipeline, catalog, features.CATALOG_SPLIT, "catalog"),
             } | "Join" >> beam_join.JoinLogsWithCatalog(spec, strategy))
             for split in features.JOINED_SPLITS:
@@ -121,7 +124,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  | "RejectLines" >> beam.Map(lambda r: r.line())
                  | "WriteRejects" >> beam.io.WriteToText(
                      os.path.join(report_dir, "rejects"), file_name_suffix=".tsv"))
-            _ = (_summary_pairs(joined, rejects)
+            _ = (_summary_pairs(joined, rejects, moved)
                  | "SummaryList" >> beam.combiners.ToList()
                  | "SummaryJson" >> beam.Map(lambda kv: json.dumps(dict(sorted(kv))))
                  | "WriteSummary" >> beam.io.WriteToText(
