@@ -23,9 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import RESULTS, run_measured, write_results  # noqa: E402
 from components.join import executor as join_executor  # noqa: E402
-from pipeline import records  # noqa: E402
+from pipeline import nodes, records  # noqa: E402
 from pipeline.config import PipelineConfig  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
+from transforms import features  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
 
 NAME = "ssl4rec"
@@ -52,9 +53,9 @@ def _case(label: str, spec_path: str, work: str, beam_args: tuple[str, ...] = ()
            "--run-root", run_root, "--data-only", *[f"--beam-arg={a}" for a in beam_args]]
     wall, peak = run_measured(cmd, env, os.path.join(work, f"{label}.log"))
     store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
-    join = records.latest(store, NAME, "JoinExamples")
-    summary = join_executor.read_summary(join.outputs["examples"][0])
-    rows = summary["train"] + summary["eval"]
+    join = records.latest(store, NAME, nodes.JOIN)
+    summary = join_executor.read_summary(join.outputs[join_executor.EXAMPLES_KEY][0])
+    rows = summary[features.TRAIN_SPLIT] + summary[features.EVAL_SPLIT]
     values: dict[str, object] = {
         f"{label}_wall_s": round(wall, 1),
         f"{label}_peak_rss_mib": round(peak),
