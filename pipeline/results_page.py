@@ -62,13 +62,13 @@ def _image(name: str, alt: str) -> str:
 
 def _data(run: RunSummary, out: str) -> tuple[str, str]:
     rows = []
-    for node in (summary_lib.LOGS_GEN, summary_lib.CATALOG_GEN):
+    for node in (nodes.LOGS_EXAMPLE_GEN, nodes.CATALOG_EXAMPLE_GEN):
         if node in run.nodes:
             props = run.nodes[node].properties["examples"]
             rows.append([node, props.get("rows_ok", 0), figures.rejects(props)])
     content = _table(["ingested", "rows", "rejected"], rows) if rows else _missing("Ingestion")
-    if summary_lib.JOIN in run.nodes:
-        props = run.nodes[summary_lib.JOIN].properties[join_executor.EXAMPLES_KEY]
+    if nodes.JOIN in run.nodes:
+        props = run.nodes[nodes.JOIN].properties[join_executor.EXAMPLES_KEY]
         content += _table(["split", "rows", *features.BUCKETS], [
             [split, props.get(split, 0), *(props.get(f"{split}_{b}", 0) for b in features.BUCKETS)]
             for split in (features.CATALOG_SPLIT, features.TRAIN_SPLIT, features.EVAL_SPLIT)])

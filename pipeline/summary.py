@@ -19,10 +19,6 @@ from pipeline import nodes as nodes_lib
 from pipeline.config import PipelineConfig
 from transforms import features
 
-LOGS_GEN, CATALOG_GEN, JOIN, TRANSFORM, CORRELATION = (
-    nodes_lib.LOGS_EXAMPLE_GEN, nodes_lib.CATALOG_EXAMPLE_GEN, nodes_lib.JOIN, nodes_lib.TRANSFORM,
-    nodes_lib.CORRELATION)
-
 
 @dataclasses.dataclass(frozen=True)
 class Evaluation:
@@ -88,12 +84,12 @@ def collect(config: PipelineConfig) -> RunSummary:
     nodes = {n: r for n in ids if (r := records.latest(store, config.pipeline_name, n))}
     steps = [t for n in ids if (t := figures.step_time(store, config.pipeline_name, n))]
     vocabularies, doc, pngs = {}, None, []
-    if TRANSFORM in nodes:
-        vocabularies = figures.vocab_sizes(nodes[TRANSFORM].outputs["transform_graph"][0])
-    if CORRELATION in nodes:
+    if nodes_lib.TRANSFORM in nodes:
+        vocabularies = figures.vocab_sizes(nodes[nodes_lib.TRANSFORM].outputs["transform_graph"][0])
+    if nodes_lib.CORRELATION in nodes:
         from components.correlation import report as correlation_report
 
-        uri = nodes[CORRELATION].outputs["correlation"][0]
+        uri = nodes[nodes_lib.CORRELATION].outputs["correlation"][0]
         doc = correlation_report.read(uri)
         pngs = sorted(tf.io.gfile.glob(os.path.join(uri, "*.png")))
     served = sorted(os.listdir(config.serving_root)) if os.path.isdir(config.serving_root) \
@@ -185,15 +181,16 @@ def render(summary: RunSummary, page: Optional[str] = None) -> str:
 
 def _data_lines(summary: RunSummary) -> list[str]:
     nodes, lines = summary.nodes, []
-    for node, label in ((LOGS_GEN, "logs"), (CATALOG_GEN, "catalog")):
+    for node, label in ((nodes_lib.LOGS_EXAMPLE_GEN, "logs"),
+                        (nodes_lib.CATALOG_EXAMPLE_GEN, "catalog")):
         if node in nodes:
             props = nodes[node].properties["examples"]
             span = f" span {props.get('span')}" if label == "logs" and "span" in props else ""
             lines.append(f"Ingested {label}{span}: {props.get('rows_ok', 0)} rows, "
                          f"{figures.rejects(props)} [{nodes[node].state}] -> "
                          f"{nodes[node].outputs['examples'][0]}")
-    if JOIN in nodes:
-        join = nodes[JOIN]
+    if nodes_lib.JOIN in nodes:
+        join = nodes[nodes_lib.JOIN]
         props = join.properties[join_executor.EXAMPLES_KEY]
         lines += [
             f"Joined [{join.state}] -> {join.outputs[join_executor.EXAMPLES_KEY][0]}",
@@ -206,15 +203,15 @@ def _data_lines(summary: RunSummary) -> list[str]:
         if summary.config.spec.cold_item_percent:
             lines.append(f"  training rows moved to eval, {summary.config.spec.cold_item_percent}% "
                          f"of items held out: {props.get(beam_join.MOVED_COLD, 0)}")
-    if TRANSFORM in nodes:
+    if nodes_lib.TRANSFORM in nodes:
         sizes = ", ".join(f"{k} {v}" for k, v in summary.vocabularies.items())
-        lines += [f"Transform [{nodes[TRANSFORM].state}] -> "
-                  f"{nodes[TRANSFORM].outputs['transform_graph'][0]}",
+        lines += [f"Transform [{nodes[nodes_lib.TRANSFORM].state}] -> "
+                  f"{nodes[nodes_lib.TRANSFORM].outputs['transform_graph'][0]}",
                   f"  vocabularies: {sizes}"]
     if summary.correlation is not None:
         from components.correlation import report as correlation_report
 
-        doc, record = summary.correlation, nodes[CORRELATION]
+        doc, record = summary.correlation, nodes[nodes_lib.CORRELATION]
         lines += [f"Feature correlations [{record.state}] -> "
                   f"{record.outputs['correlation'][0]}",
                   *(f"  heat map: {png}" for png in summary.correlation_pngs),
