@@ -268,6 +268,23 @@ def test_every_variant_trains_a_step(variant):
     assert model.shared             # item-to-item without context: one tower
 
 
+def test_one_tower_call_equals_a_call_per_part():
+    from components.trainer.model import _tower_many
+    from components.trainer.towers import FeatureEmbedding, Tower
+
+    names = ("item_id", "genre", "year")
+    embeddings = {n: FeatureEmbedding(12, 4, name=f"e_{n}") for n in names}
+    tower = Tower(names, embeddings, [8, 4], "relu")
+    rng = np.random.default_rng(3)
+    parts = [({n: v for n, v in _batch(rng, size, names, 12, (lambda n: n,)).items()
+               if n in names}, mask)
+             for size, mask in ((5, None), (7, tf.constant(rng.random((7, 3)) < 0.5)),
+                                (4, None), (6, tf.constant(rng.random((6, 3)) < 0.5)))]
+    together = _tower_many(tower, parts)
+    for (inputs, mask), got in zip(parts, together):
+        np.testing.assert_allclose(got.numpy(), tower(inputs, mask).numpy(), atol=1e-6)
+
+
 def test_trainer_custom_config_round_trip(tiny_root):
     import json
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Optional
+from typing import Any, Mapping, Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
@@ -106,9 +106,12 @@ def training_input(spec: DatasetSpec, hp: hparams_lib.HParams,
 
 
 def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_dir: str,
-          catalog_dir: str, log_dir: str, correlation: Optional[Mapping[str, Any]] = None
+          catalog_dir: str, log_dir: str, correlation: Optional[Mapping[str, Any]] = None,
+          callbacks: Sequence[tf_keras.callbacks.Callback] = ()
           ) -> tuple[TwoTowerSSL, tf_keras.callbacks.History]:
     """Trains the model of ``hp.variant``; returns it with the Keras history.
+
+    ``callbacks`` run after the TensorBoard and learning-rate loggers.
 
     Seeds Python, NumPy and TF from ``hp.seed`` and enables TF's op
     determinism, so equal seeds and inputs give equal weights.
@@ -123,7 +126,7 @@ def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_
     history = model.fit(
         stream, epochs=epochs, steps_per_epoch=hp.steps_per_epoch,
         verbose=2, callbacks=[tf_keras.callbacks.TensorBoard(log_dir=log_dir),
-                              LearningRateLogger(log_dir)])
+                              LearningRateLogger(log_dir), *callbacks])
     return model, history
 
 
