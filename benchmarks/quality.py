@@ -63,7 +63,7 @@ from components.evaluate.metrics import map_at_k, positive_ranks, recall_at_k  #
 from components.index.search import normalize  # noqa: E402
 from components.trainer import data  # noqa: E402
 from components.trainer import hparams as hparams_lib  # noqa: E402
-from components.trainer.run import train  # noqa: E402
+from components.trainer.run import build_model, train, training_input  # noqa: E402
 from pipeline import nodes  # noqa: E402
 from transforms import features  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
@@ -254,20 +254,22 @@ class Regime:
 
 
 class Checkpoints(tf_keras.callbacks.Callback):
-    """Scores validation and test at the regime's checkpoint steps."""
+    """Scores validation at the regime's checkpoint steps and saves the weights there.
 
-    def __init__(self, regime: Regime) -> None:
+    The test split is scored later, only at the checkpoint the step rule picks
+    (:func:`_test_one`).
+    """
+
+    def __init__(self, regime: Regime, weights_dir: str) -> None:
         super().__init__()
-        self.regime, self.curve = regime, {}
+        self.regime, self.weights_dir, self.curve = regime, weights_dir, {}
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         step = (epoch + 1) * STEPS_PER_EPOCH
         if step in self.regime.checkpoints:
-            items = self.regime.test._embed(self.model.item_embedding, self.regime.test.catalog,
-                                            self.regime.test.n_items)
-            self.curve[str(step)] = {
-                "validation": self.regime.validation.score(self.model, items),
-                "test": self.regime.test.score(self.model, items)}
+            self.curve[str(step)] = {"validation": self.regime.validation.score(self.model)}
+            os.makedirs(self.weights_dir, exist_ok=True)
+            np.savez(os.path.join(self.weights_dir, f"{step}.npz"), *self.model.get_weights())
 
 
 def _key(regime: str, variant: str, seed: int, hp: dict) -> str:
@@ -285,23 +287,61 @@ def _worker_init() -> None:
     tf.config.threading.set_inter_op_parallelism_threads(1)
 
 
-def _train_one(work: str, regime: str, variant: str, seed: int, hp: dict) -> dict:
-    """One run in a worker process: its validation / test curve."""
-    if regime not in _WORKER_REGIMES:
+def _regime(work: str, name: str) -> Regime:
+    if name not in _WORKER_REGIMES:
         _WORKER_REGIMES.clear()          # one regime's data in memory at a time
-        _WORKER_REGIMES[regime] = Regime(regime, work)
-    r = _WORKER_REGIMES[regime]
+        _WORKER_REGIMES[name] = Regime(name, work)
+    return _WORKER_REGIMES[name]
+
+
+def _params(regime: Regime, variant: str, seed: int, hp: dict) -> hparams_lib.HParams:
+    return hparams_lib.from_dict({"variant": variant, "seed": seed,
+                                  "train_steps": regime.max_steps,
+                                  "steps_per_epoch": STEPS_PER_EPOCH, **hp})
+
+
+def _weights_dir(work: str, key: str) -> str:
+    return os.path.join(work, "weights", key.replace("/", "_"))
+
+
+def _train_one(work: str, regime: str, variant: str, seed: int, hp: dict) -> dict:
+    """One run in a worker process: its validation curve (weights saved per checkpoint)."""
+    r = _regime(work, regime)
     tf_keras.backend.clear_session()
-    params = hparams_lib.from_dict({"variant": variant, "seed": seed, "train_steps": r.max_steps,
-                                    "steps_per_epoch": STEPS_PER_EPOCH, **hp})
-    checkpoints = Checkpoints(r)
+    key = _key(regime, variant, seed, hp)
+    checkpoints = Checkpoints(r, _weights_dir(work, key))
     start = time.perf_counter()
-    log_dir = os.path.join(work, "logs", _key(regime, variant, seed, hp).replace("/", "_"))
-    train(r.spec, params, r.transform_dir, r.train_dir, r.catalog_dir, log_dir, r.correlation,
-          callbacks=[checkpoints])
+    log_dir = os.path.join(work, "logs", key.replace("/", "_"))
+    train(r.spec, _params(r, variant, seed, hp), r.transform_dir, r.train_dir, r.catalog_dir,
+          log_dir, r.correlation, callbacks=[checkpoints])
     shutil.rmtree(log_dir, ignore_errors=True)
     return {"curve": checkpoints.curve, "sizes": r.sizes,
             "seconds": round(time.perf_counter() - start, 1)}
+
+
+def _test_one(work: str, regime: str, variant: str, seed: int, hp: dict, step: str,
+              validation_recall: float) -> dict:
+    """Test metrics of a run's saved checkpoint, in a worker process.
+
+    The rebuilt model must reproduce the validation Recall@50 recorded at
+    that checkpoint, which checks that the weights were restored.
+    """
+    r = _regime(work, regime)
+    tf_keras.backend.clear_session()
+    params = _params(r, variant, seed, hp)
+    tft_out = tft.TFTransformOutput(r.transform_dir)
+    _, sampling = training_input(r.spec, params, tft_out, r.train_dir, r.catalog_dir, 1)
+    model = build_model(r.spec, params, tft_out, r.correlation, sampling)
+    model.item_embedding({k: v[:2] for k, v in r.test.catalog.items()})
+    model.query_embedding({k: v[:2] for k, v in r.test.queries.items()})
+    saved = np.load(os.path.join(_weights_dir(work, _key(regime, variant, seed, hp)),
+                                 f"{step}.npz"))
+    model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
+    check = r.validation.score(model)["overall_recall_at_50"]
+    if abs(check - validation_recall) > 1e-6:
+        raise RuntimeError(f"restored weights of {regime}/{variant}/seed{seed} at step {step} "
+                           f"give validation Recall@50 {check}, not {validation_recall}")
+    return r.test.score(model)
 
 
 class Study:
@@ -316,6 +356,8 @@ class Study:
         self.path = os.path.join(work, "runs.json")
         self.runs = json.load(open(self.path)) if os.path.exists(self.path) else {}
         self.searches: list[dict] = []
+        for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+            os.environ[name] = "1"          # the workers' NumPy too
         self.pool = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
 
@@ -342,6 +384,24 @@ class Study:
     def run(self, regime: str, variant: str, seed: int, hp: dict) -> dict:
         self.run_many([(regime, variant, seed, hp)])
         return self.runs[_key(regime, variant, seed, hp)]
+
+    def test_many(self, jobs: list[tuple[str, str, int, dict, str]]) -> None:
+        """Scores the test split at each job's checkpoint (cached in the run's curve)."""
+        import concurrent.futures
+
+        todo = {}
+        for regime, variant, seed, hp, step in jobs:
+            point = self.runs[_key(regime, variant, seed, hp)]["curve"][step]
+            if "test" not in point:
+                todo[self.pool.submit(
+                    _test_one, self.work, regime, variant, seed, hp, step,
+                    point["validation"]["overall_recall_at_50"])] = point
+        for future in concurrent.futures.as_completed(todo):
+            todo[future]["test"] = future.result()
+        if todo:
+            with open(self.path + ".tmp", "w") as f:
+                json.dump(self.runs, f, sort_keys=True)
+            os.replace(self.path + ".tmp", self.path)
 
     def budget(self, regime: str, variant: str, seeds, hp: dict) -> tuple[str, float]:
         """The checkpoint with the best seed-mean validation Recall@50, and that mean."""
@@ -447,10 +507,13 @@ def main() -> None:
     seeds = list(range(args.seeds))
     study.run_many([(regime, variant, seed, chosen[variant]) for regime in regimes
                     for variant in variants for seed in seeds])
+    steps = {(r, v): study.budget(r, v, seeds, chosen[v])[0] for r in regimes for v in variants}
+    study.test_many([(r, v, s, chosen[v], steps[r, v]) for r in regimes for v in variants
+                     for s in seeds])
     results: dict[str, dict] = {}
     for regime in regimes:
         for variant in variants:
-            step, _ = study.budget(regime, variant, seeds, chosen[variant])
+            step = steps[regime, variant]
             tests = [study.run(regime, variant, s, chosen[variant])["curve"][step]["test"]
                      for s in seeds]
             results[f"{regime}/{variant}"] = {"step": int(step), "tests": tests,
