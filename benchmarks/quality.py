@@ -91,8 +91,8 @@ REGIMES = {
     "ml1m_full": ("ml1m", 1.0, 3000, (500, 1000, 1500, 2000, 2500, 3000)),
     "ml1m_10pct": ("ml1m", 0.1, 1500, (250, 500, 750, 1000, 1250, 1500)),
     "ml1m_cold_items": ("ml1m_cold", 1.0, 3000, (500, 1000, 1500, 2000, 2500, 3000)),
-    "synthetic_full": ("synthetic", 1.0, 3000, (500, 1000, 1500, 2000, 2500, 3000)),
-    "synthetic_10pct": ("synthetic", 0.1, 1500, (250, 500, 750, 1000, 1250, 1500)),
+    "synthetic_full": ("synthetic", 1.0, 2000, (500, 1000, 1500, 2000)),
+    "synthetic_10pct": ("synthetic", 0.1, 1000, (250, 500, 750, 1000)),
 }
 if os.environ.get("QUALITY_SMOKE"):                  # a quick check of this script itself
     REGIMES = {name: (d, share, 500, (250, 500)) for name, (d, share, _, _) in REGIMES.items()}

@@ -121,7 +121,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--hparams", default="{}", help="Trainer hyper-parameters (JSON)")
     parser.add_argument("--strategy", default=None,
                         choices=("default", "mirrored", "multi_worker_mirrored"))
-    parser.add_argument("--variants", default="cfm")
+    parser.add_argument("--variants", default=hparams_lib.DEFAULT_VARIANT)
     parser.add_argument("--data-mounted", action="store_true",
                         help="the spec's local data paths exist inside the image / pods")
     return parser

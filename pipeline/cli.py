@@ -40,9 +40,9 @@ def _parser() -> argparse.ArgumentParser:
                      help="Trainer hyper-parameters: a JSON object or a JSON/YAML file")
     run.add_argument("--data-only", action="store_true",
                      help="run the data half only (no Trainer)")
-    run.add_argument("--variants", default="cfm",
+    run.add_argument("--variants", default=hparams_lib.DEFAULT_VARIANT,
                      help="comma-separated Trainer variants; the first is the main model "
-                          "(default: cfm)")
+                          f"(default: {hparams_lib.DEFAULT_VARIANT})")
     run.add_argument("--eval-slice", action="append", default=None, metavar="FEATURE",
                      help="item feature to slice evaluation metrics by (repeatable; "
                           "head/tail/cold slices are always there)")

@@ -63,7 +63,7 @@ class PipelineConfig:
     correlation: CorrelationSettings = dataclasses.field(default_factory=CorrelationSettings)
     join_side_input_max_items: int = DEFAULT_SIDE_INPUT_MAX_ITEMS
     hparams: hparams.HParams = dataclasses.field(default_factory=hparams.HParams)
-    train_variants: tuple[str, ...] = ("cfm",)
+    train_variants: tuple[str, ...] = (hparams.DEFAULT_VARIANT,)
     span_window: bool = True
     index_config: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     eval_settings: EvalSettings = dataclasses.field(default_factory=EvalSettings)

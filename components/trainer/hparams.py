@@ -64,6 +64,8 @@ class Variant:
 
 
 _SSL = {"ssl_loss": True}
+#: The pipeline's main Trainer variant unless one is chosen.
+DEFAULT_VARIANT = "cfm"
 #: Every variant, one row each: adding a variant is adding a row.
 VARIANTS: dict[str, Variant] = {
     "baseline": Variant(),                                     # L_main only
@@ -118,7 +120,7 @@ class HParams:
       strategy: tf.distribute strategy.
     """
 
-    variant: str = "cfm"
+    variant: str = DEFAULT_VARIANT
     embedding_dim: int = 32
     hidden_units: tuple[int, ...] = (256, 64)
     activation: str = "relu"
