@@ -215,15 +215,19 @@ class TwoTowerSSL(tf_keras.Model):
         if self.flags.extra_negatives:
             names.append("extra")
             parts.append((item_inputs(ssl, layout), None))
+        identical_views = self.flags.masking == "none" and not self.flags.value_dropout
         if self.flags.ssl_loss:
-            names += ["view_h", "view_g"]
-            parts += self._ssl_views(item_inputs(ssl, layout), step)
+            views = self._ssl_views(item_inputs(ssl, layout), step)
+            names += ["view_h"] if identical_views else ["view_h", "view_g"]
+            parts += views[:1] if identical_views else views
         query = (query_inputs(main, layout), None)
         if self.shared:
-            names, parts = ["query", *names], [query, *parts]
-            return dict(zip(names, _tower_many(self.item_tower, parts)))
-        out = dict(zip(names, _tower_many(self.item_tower, parts)))
-        out["query"] = self.query_tower(*query)
+            out = dict(zip(["query", *names], _tower_many(self.item_tower, [query, *parts])))
+        else:
+            out = dict(zip(names, _tower_many(self.item_tower, parts)))
+            out["query"] = self.query_tower(*query)
+        if self.flags.ssl_loss and identical_views:
+            out["view_g"] = out["view_h"]               # SO: both views are the item itself
         return out
 
     def _main_loss(self, main: Mapping[str, tf.RaggedTensor], ssl: Mapping[str, tf.RaggedTensor],
