@@ -26,9 +26,11 @@ Protocol (also written to the results page):
   the baseline's temperature, with and without logQ correction; the
   winner's temperature and logQ apply to the main loss of every variant.
   Then per variant: ``fd`` its feature-dropout rate; ``mns`` its
-  temperature; every SSL variant its SSL weight alpha (at SSL temperature =
-  main temperature); then ``cfm`` its SSL temperature, which every SSL
-  variant uses (a cut of the grid for time). A grid whose best value is at an end is extended (up to
+  temperature; ``so``, ``rfm``, ``cfm`` and ``cfm_balanced`` their SSL
+  weight alpha (at SSL temperature = main temperature); then ``cfm`` its
+  SSL temperature, which every SSL variant uses (a cut of the grid for
+  time). The ablations of ``cfm`` (``ABLATIONS``) keep ``cfm``'s settings.
+  A grid whose best value is at an end is extended (up to
   ``MAX_EXTENSIONS`` times per side). Other regimes reuse these settings
   and choose only their step budget, on their own validation.
 * **Test**: every variant x 3 seeds, brute force over the whole catalog
@@ -92,14 +94,16 @@ REGIMES = {
     "ml1m_full": ("ml1m", 1.0, 3000, (500, 1000, 1500, 2000, 2500, 3000)),
     "ml1m_10pct": ("ml1m", 0.1, 1500, (250, 500, 750, 1000, 1250, 1500)),
     "ml1m_cold_items": ("ml1m_cold", 1.0, 3000, (500, 1000, 1500, 2000, 2500, 3000)),
-    "synthetic_full": ("synthetic", 1.0, 1500, (500, 750, 1000, 1250, 1500)),
-    "synthetic_10pct": ("synthetic", 0.1, 750, (250, 500, 750)),
+    "synthetic_full": ("synthetic", 1.0, 1000, (250, 500, 750, 1000)),
+    "synthetic_10pct": ("synthetic", 0.1, 500, (125, 250, 375, 500)),
 }
 if os.environ.get("QUALITY_SMOKE"):                  # a quick check of this script itself
     REGIMES = {name: (d, share, 500, (250, 500)) for name, (d, share, _, _) in REGIMES.items()}
 TUNING_REGIME = "ml1m_full"
 TUNING_SEEDS = (0, 1)
 SSL_VARIANTS = tuple(v for v, f in hparams_lib.VARIANTS.items() if f.ssl_loss)
+#: Ablations of cfm keep cfm's settings: one component removed, nothing re-tuned.
+ABLATIONS = {"independent_masks": "cfm", "cfm_no_dropout": "cfm", "dropout_only": "cfm"}
 #: parameter -> (starting grid, factor of one extension step). The SSL
 #: temperature's grid is relative: times the chosen main temperature.
 GRIDS = {"temperature": ((0.05, 0.1, 0.2), 2.0),
@@ -112,7 +116,7 @@ SSL_TEMPERATURE_VARIANT = "cfm"
 VALIDATION_SHARE = 0.1
 SAMPLE_SHARE = 0.1
 SPLIT_SEED = 1234
-STEPS_PER_EPOCH = 250
+STEPS_PER_EPOCH = 125
 
 
 def prepare(name: str) -> None:
@@ -469,7 +473,7 @@ class Study:
         ssl_fixed = {**main, "ssl_temperature": main["temperature"]}
         first = {"fd": ("feature_dropout_rate", main),
                  "mns": ("temperature", {"logq_correction": main["logq_correction"]}),
-                 **{v: ("alpha", ssl_fixed) for v in SSL_VARIANTS}}
+                 **{v: ("alpha", ssl_fixed) for v in SSL_VARIANTS if v not in ABLATIONS}}
         first = {v: first[v] for v in variants if v in first}
         self.run_many([job for v, (name, fixed) in first.items()
                        for job in self._grid_jobs(v, name, fixed)])
@@ -490,6 +494,9 @@ class Study:
             ssl_tau = self.search(own, "ssl_temperature", {**main, "alpha": alphas[own]})
             for v in alphas:
                 chosen[v] = {**main, "alpha": alphas[v], "ssl_temperature": ssl_tau}
+        for v, source in ABLATIONS.items():
+            if v in chosen and source in chosen:
+                chosen[v] = dict(chosen[source])
         return chosen
 
 
@@ -610,11 +617,13 @@ def _markdown(values: dict[str, object]) -> str:
         f"chosen on `{values['tuning_regime']}`'s validation split, on the mean of "
         f"{values['tuning_seeds']} seeds: the baseline's temperature with and without logQ "
         "correction (the winner's temperature and logQ then apply to every variant's main "
-        "loss); `fd`'s feature-dropout rate; `mns`'s temperature; each SSL variant's alpha "
-        "(SSL temperature = main temperature); then `cfm`'s SSL temperature, used by every SSL "
-        "variant (a cut of the grid, for time). A grid won at an end is extended. The other "
-        "regimes reuse these settings and choose only their step budget on their own "
-        "validation split. Nothing is chosen on the test split.", "",
+        "loss); `fd`'s feature-dropout rate; `mns`'s temperature; the alpha of `so`, `rfm`, "
+        "`cfm` and `cfm_balanced` (SSL temperature = main temperature); then `cfm`'s SSL "
+        "temperature, used by every SSL variant (a cut of the grid, for time). The ablations "
+        "of `cfm` (`independent_masks`, `cfm_no_dropout`, `dropout_only`) keep `cfm`'s "
+        "settings: one component removed, nothing re-tuned. A grid won at an end is "
+        "extended. The other regimes reuse these settings and choose only their step "
+        "budget on their own validation split. Nothing is chosen on the test split.", "",
         f"CFM groups (MovieLens-1M) by **{measure}**: {values['cfm_groups_ml1m']}. `cfm` masks "
         "the seed + floor(k/2) features, `cfm_balanced` k // 2.", "",
         "## Chosen settings", "",
@@ -630,12 +639,14 @@ def _markdown(values: dict[str, object]) -> str:
         lines += [f"## {REGIME_TITLES[regime]} (`{regime}`)", "",
                   f"Training pairs {values[f'{regime}_train_pairs']}, validation "
                   f"{values[f'{regime}_validation_pairs']}, test {values[f'{regime}_test_pairs']}"
-                  f"; at most {values[f'{regime}_max_steps']} steps.", "",
+                  f"; at most {values[f'{regime}_max_steps']} steps (\"(last)\": the best "
+                  "checkpoint was the last one).", "",
                   "| method | steps | overall R@10 | overall R@50 | head R@50 | tail R@50 | "
                   "cold R@50 | vs baseline: overall / tail / cold R@50 |",
                   "|---|---|---|---|---|---|---|---|"]
         for v in variants:
-            row = [str(values[f"{regime}_{v}_train_steps"])]
+            steps = values[f"{regime}_{v}_train_steps"]
+            row = [f"{steps}{' (last)' if steps == values[f'{regime}_max_steps'] else ''}"]
             for name, k in (("overall", 10), ("overall", 50), ("head", 50), ("tail", 50),
                             ("cold", 50)):
                 row.append(f"{values[f'{regime}_{v}_{name}_recall_at_{k}_mean']:.4f} ± "
