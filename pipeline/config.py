@@ -12,6 +12,7 @@ from components.evaluate.config import EvalSettings
 from components.index.search import IndexConfig
 from components.join import DEFAULT_SIDE_INPUT_MAX_ITEMS
 from components.trainer import hparams
+from components.trainer.hparams import DEFAULT_VARIANT
 from transforms.spec import DatasetSpec
 
 # DirectRunner defaults: one process per core. Other runners (Dataflow, Flink,
@@ -63,7 +64,7 @@ class PipelineConfig:
     correlation: CorrelationSettings = dataclasses.field(default_factory=CorrelationSettings)
     join_side_input_max_items: int = DEFAULT_SIDE_INPUT_MAX_ITEMS
     hparams: hparams.HParams = dataclasses.field(default_factory=hparams.HParams)
-    train_variants: tuple[str, ...] = (hparams.DEFAULT_VARIANT,)
+    train_variants: tuple[str, ...] = (DEFAULT_VARIANT,)
     span_window: bool = True
     index_config: IndexConfig = dataclasses.field(default_factory=IndexConfig)
     eval_settings: EvalSettings = dataclasses.field(default_factory=EvalSettings)

@@ -64,8 +64,10 @@ class Variant:
 
 
 _SSL = {"ssl_loss": True}
-#: The pipeline's main Trainer variant unless one is chosen.
-DEFAULT_VARIANT = "cfm"
+#: The pipeline's main Trainer variant unless one is chosen: the best on
+#: MovieLens-1M's validation split in the quality study
+#: (benchmarks/results/quality.md), ahead of so and cfm.
+DEFAULT_VARIANT = "mns"
 #: Every variant, one row each: adding a variant is adding a row.
 VARIANTS: dict[str, Variant] = {
     "baseline": Variant(),                                     # L_main only
@@ -95,13 +97,19 @@ class HParams:
       activation: MLP hidden activation (the output layer is linear).
       share_towers: one tower for queries and items; None (default) shares
         when the query is an item with no context features (item-to-item).
-      temperature: softmax temperature tau of the main loss (paper 0.06-0.07).
+      temperature: softmax temperature tau of the main loss (paper
+        0.06-0.07). Default: mns's best on MovieLens-1M validation (the
+        baseline's and the SSL variants' was 0.05).
       ssl_temperature: tau of the SSL loss (None: same as ``temperature``;
-        the paper gives none separately).
-      alpha: weight of the SSL loss (paper grid 0.1, 0.3, 1, 3).
+        the paper gives none separately). Default: cfm's best on
+        MovieLens-1M validation.
+      alpha: weight of the SSL loss (paper grid 0.1, 0.3, 1, 3). Default:
+        cfm's best on MovieLens-1M validation (grid 0.01-0.3).
       dropout_rate: value dropout rate d_r for multi-valued features
         (paper grid 0.1-0.9, best 0.3).
-      feature_dropout_rate: per-feature drop probability of the FD baseline.
+      feature_dropout_rate: per-feature drop probability of the FD baseline
+        (default: fd's best on MovieLens-1M validation, the low end of its
+        grid: dropping features did not help there).
       n_masked: features masked in view h, seed included (None: the
         variant's split size, see :meth:`Variant.n_masked`).
       logq_correction: subtract the log of each candidate's sampling
@@ -114,7 +122,8 @@ class HParams:
       ssl_batch_size: SSL batch of catalog items (uniform over the catalog).
       learning_rate: Adagrad learning rate (paper 0.01; 0.05 converges in
         fewer steps at this scale).
-      train_steps: optimisation steps.
+      train_steps: optimisation steps (default: mns's best checkpoint on
+        MovieLens-1M validation).
       steps_per_epoch: steps between Keras epoch ends (logging, checkpoints).
       seed: seed of initialisation, shuffling, sampling and augmentation.
       strategy: tf.distribute strategy.
@@ -125,18 +134,18 @@ class HParams:
     hidden_units: tuple[int, ...] = (256, 64)
     activation: str = "relu"
     share_towers: bool | None = None
-    temperature: float = 0.07
-    ssl_temperature: float | None = None
-    alpha: float = 1.0
+    temperature: float = 0.025
+    ssl_temperature: float | None = 0.05
+    alpha: float = 0.03
     dropout_rate: float = 0.3
-    feature_dropout_rate: float = 0.3
+    feature_dropout_rate: float = 0.0125
     n_masked: int | None = None
     logq_correction: bool = True
     remove_accidental_hits: bool = True
     batch_size: int = 512
     ssl_batch_size: int = 512
     learning_rate: float = 0.05
-    train_steps: int = 2000
+    train_steps: int = 3000
     steps_per_epoch: int = 200
     seed: int = 0
     strategy: str = "default"
