@@ -114,7 +114,6 @@ RELATIVE = {"ssl_temperature": "temperature"}
 MAX_EXTENSIONS = 2
 SSL_TEMPERATURE_VARIANT = "cfm"
 VALIDATION_SHARE = 0.1
-SAMPLE_SHARE = 0.1
 SPLIT_SEED = 1234
 STEPS_PER_EPOCH = 125
 
@@ -205,9 +204,8 @@ class Evaluation:
             out.append(fn({k: v[start:start + size] for k, v in batch.items()}).numpy())
         return normalize(np.concatenate(out))
 
-    def score(self, model, items: np.ndarray | None = None) -> dict[str, float]:
-        if items is None:
-            items = self._embed(model.item_embedding, self.catalog, self.n_items)
+    def score(self, model) -> dict[str, float]:
+        items = self._embed(model.item_embedding, self.catalog, self.n_items)
         queries = self._embed(model.query_embedding, self.queries, len(self.positive))
         ranks = np.empty(len(self.positive), np.int64)
         for start in range(0, len(queries), 8192):
@@ -379,9 +377,7 @@ class Study:
         for future in concurrent.futures.as_completed(todo.values()):
             key = next(k for k, f in todo.items() if f is future)
             self.runs[key] = future.result()
-            with open(self.path + ".tmp", "w") as f:
-                json.dump(self.runs, f, sort_keys=True)
-            os.replace(self.path + ".tmp", self.path)
+            self._save()
             best = max(c["validation"]["overall_recall_at_50"]
                        for c in self.runs[key]["curve"].values())
             print(f"[quality] {key}: best validation recall@50 {best:.4f} "
@@ -405,9 +401,12 @@ class Study:
         for future in concurrent.futures.as_completed(todo):
             todo[future]["test"] = future.result()
         if todo:
-            with open(self.path + ".tmp", "w") as f:
-                json.dump(self.runs, f, sort_keys=True)
-            os.replace(self.path + ".tmp", self.path)
+            self._save()
+
+    def _save(self) -> None:
+        with open(self.path + ".tmp", "w") as f:
+            json.dump(self.runs, f, sort_keys=True)
+        os.replace(self.path + ".tmp", self.path)
 
     def budget(self, regime: str, variant: str, seeds, hp: dict) -> tuple[str, float]:
         """The checkpoint with the best seed-mean validation Recall@50, and that mean."""
@@ -529,8 +528,7 @@ def main() -> None:
             step = steps[regime, variant]
             tests = [study.run(regime, variant, s, chosen[variant])["curve"][step]["test"]
                      for s in seeds]
-            results[f"{regime}/{variant}"] = {"step": int(step), "tests": tests,
-                                              "last": str(REGIMES[regime][2])}
+            results[f"{regime}/{variant}"] = {"step": int(step), "tests": tests}
     sizes = {r: study.run(r, variants[0], 0, chosen[variants[0]])["sizes"] for r in regimes}
     values = _flatten(results, chosen, study.searches, variants, regimes, seeds, sizes)
     correlation = correlation_report.read(latest_artifact(
@@ -545,7 +543,7 @@ def main() -> None:
 def _flatten(results: dict, chosen: dict, searches: list, variants: list[str],
              regimes: list[str], seeds: list[int], sizes: dict) -> dict[str, object]:
     out: dict[str, object] = {"seeds": len(seeds), "validation_share": VALIDATION_SHARE,
-                              "sample_share": SAMPLE_SHARE, "tuning_regime": TUNING_REGIME,
+                              "tuning_regime": TUNING_REGIME,
                               "tuning_seeds": len(TUNING_SEEDS),
                               "cold_item_percent": COLD_ITEM_PERCENT}
     for regime in regimes:
