@@ -17,20 +17,20 @@ Protocol (also written to the results page):
 * **Validation**: 10% of each regime's training pairs (seeded), carved out
   of training; every model trains on the rest. The pipeline's eval split is
   the test split and chooses nothing.
-* **Step budget** (one rule for every variant): each run trains
-  ``max_steps`` steps and is scored on validation at fixed checkpoints; a
+* **Step budget** (one rule for every variant): each run trains its
+  regime's step budget and is scored on validation at fixed checkpoints; a
   setting's score is the best, over checkpoints, of the seed-mean
   validation Recall@50, and the reported test numbers are those of that
-  checkpoint.
+  checkpoint. In the test regimes a variant whose best checkpoint is its
+  last is retrained with 1.5x the steps (at most twice), so no variant is
+  reported before its validation curve has turned.
 * **Tuning** (on ``ml1m_full``, seeds 0 and 1, choices on their mean):
   the baseline's temperature, with and without logQ correction; the
   winner's temperature and logQ apply to the main loss of every variant.
   Then per variant: ``fd`` its feature-dropout rate; ``mns`` its
-  temperature; ``so``, ``rfm``, ``cfm`` and ``cfm_balanced`` their SSL
-  weight alpha (at SSL temperature = main temperature); then ``cfm`` its
-  SSL temperature, which every SSL variant uses (a cut of the grid for
-  time). The ablations of ``cfm`` (``ABLATIONS``) keep ``cfm``'s settings.
-  A grid whose best value is at an end is extended (up to
+  temperature; every SSL variant (the ablations of ``cfm`` included) its
+  SSL weight alpha (at SSL temperature = main temperature), then its SSL
+  temperature at that alpha. A grid whose best value is at an end is extended (up to
   ``MAX_EXTENSIONS`` times per side). Other regimes reuse these settings
   and choose only their step budget, on their own validation.
 * **Test**: every variant x 3 seeds, brute force over the whole catalog
@@ -89,21 +89,24 @@ DATASETS = {
                     "--data-only"]]),
 }
 COLD_ITEM_PERCENT = 10
-#: regime -> (dataset, share of the training pairs, max steps, checkpoint steps).
+#: regime -> (dataset, share of the training pairs, starting step budget,
+#: steps between checkpoints).
 REGIMES = {
-    "ml1m_full": ("ml1m", 1.0, 3000, (500, 1000, 1500, 2000, 2500, 3000)),
-    "ml1m_10pct": ("ml1m", 0.1, 1500, (250, 500, 750, 1000, 1250, 1500)),
-    "ml1m_cold_items": ("ml1m_cold", 1.0, 3000, (500, 1000, 1500, 2000, 2500, 3000)),
-    "synthetic_full": ("synthetic", 1.0, 1000, (250, 500, 750, 1000)),
-    "synthetic_10pct": ("synthetic", 0.1, 500, (125, 250, 375, 500)),
+    "ml1m_full": ("ml1m", 1.0, 3000, 500),
+    "ml1m_10pct": ("ml1m", 0.1, 1500, 250),
+    "ml1m_cold_items": ("ml1m_cold", 1.0, 3000, 500),
+    "synthetic_full": ("synthetic", 1.0, 2000, 250),
+    "synthetic_10pct": ("synthetic", 0.1, 500, 125),
 }
 if os.environ.get("QUALITY_SMOKE"):                  # a quick check of this script itself
-    REGIMES = {name: (d, share, 500, (250, 500)) for name, (d, share, _, _) in REGIMES.items()}
+    REGIMES = {name: (d, share, 500, 250) for name, (d, share, _, _) in REGIMES.items()}
+#: A budget whose best checkpoint is its last is retrained with this many
+#: times the steps, at most BUDGET_EXTENSIONS times.
+BUDGET_FACTOR = 1.5
+BUDGET_EXTENSIONS = 2
 TUNING_REGIME = "ml1m_full"
 TUNING_SEEDS = (0, 1)
 SSL_VARIANTS = tuple(v for v, f in hparams_lib.VARIANTS.items() if f.ssl_loss)
-#: Ablations of cfm keep cfm's settings: one component removed, nothing re-tuned.
-ABLATIONS = {"independent_masks": "cfm", "cfm_no_dropout": "cfm", "dropout_only": "cfm"}
 #: parameter -> (starting grid, factor of one extension step). The SSL
 #: temperature's grid is relative: times the chosen main temperature.
 GRIDS = {"temperature": ((0.05, 0.1, 0.2), 2.0),
@@ -112,7 +115,6 @@ GRIDS = {"temperature": ((0.05, 0.1, 0.2), 2.0),
          "feature_dropout_rate": ((0.05, 0.1, 0.2), 2.0)}
 RELATIVE = {"ssl_temperature": "temperature"}
 MAX_EXTENSIONS = 2
-SSL_TEMPERATURE_VARIANT = "cfm"
 VALIDATION_SHARE = 0.1
 SPLIT_SEED = 1234
 STEPS_PER_EPOCH = 125
@@ -229,7 +231,7 @@ class Regime:
     """One regime's training folder and its validation and test evaluations."""
 
     def __init__(self, name: str, work: str) -> None:
-        dataset, share, self.max_steps, self.checkpoints = REGIMES[name]
+        dataset, share, self.max_steps, self.every = REGIMES[name]
         root, spec_path, _ = DATASETS[dataset]
         self.name, self.spec = name, load_spec(spec_path)
         examples = latest_artifact(root, nodes.TRANSFORM, "transformed_examples")
@@ -270,16 +272,22 @@ class Checkpoints(tf_keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
         step = (epoch + 1) * STEPS_PER_EPOCH
-        if step in self.regime.checkpoints:
+        if step % self.regime.every == 0:
             self.curve[str(step)] = {"validation": self.regime.validation.score(self.model)}
             os.makedirs(self.weights_dir, exist_ok=True)
             np.savez(os.path.join(self.weights_dir, f"{step}.npz"), *self.model.get_weights())
 
 
-def _key(regime: str, variant: str, seed: int, hp: dict) -> str:
+def _key(regime: str, variant: str, seed: int, hp: dict, steps: int | None = None) -> str:
+    """A run's cache key; the step budget is named only when it is not the regime's first."""
+    extra = [] if steps in (None, REGIMES[regime][2]) else [f"steps={steps}"]
     return "/".join([regime, variant, f"seed{seed}",
                      *(f"{k}={hp[k]:g}" if isinstance(hp[k], float) else f"{k}={hp[k]}"
-                       for k in sorted(hp))])
+                       for k in sorted(hp)), *extra])
+
+
+def _steps(regime: str, steps: int | None) -> int:
+    return REGIMES[regime][2] if steps is None else steps
 
 
 _WORKER_REGIMES: dict[str, Regime] = {}
@@ -298,9 +306,10 @@ def _regime(work: str, name: str) -> Regime:
     return _WORKER_REGIMES[name]
 
 
-def _params(regime: Regime, variant: str, seed: int, hp: dict) -> hparams_lib.HParams:
+def _params(regime: Regime, variant: str, seed: int, hp: dict,
+            steps: int | None = None) -> hparams_lib.HParams:
     return hparams_lib.from_dict({"variant": variant, "seed": seed,
-                                  "train_steps": regime.max_steps,
+                                  "train_steps": _steps(regime.name, steps),
                                   "steps_per_epoch": STEPS_PER_EPOCH, **hp})
 
 
@@ -308,23 +317,24 @@ def _weights_dir(work: str, key: str) -> str:
     return os.path.join(work, "weights", key.replace("/", "_"))
 
 
-def _train_one(work: str, regime: str, variant: str, seed: int, hp: dict) -> dict:
+def _train_one(work: str, regime: str, variant: str, seed: int, hp: dict,
+               steps: int | None = None) -> dict:
     """One run in a worker process: its validation curve (weights saved per checkpoint)."""
     r = _regime(work, regime)
     tf_keras.backend.clear_session()
-    key = _key(regime, variant, seed, hp)
+    key = _key(regime, variant, seed, hp, steps)
     checkpoints = Checkpoints(r, _weights_dir(work, key))
     start = time.perf_counter()
     log_dir = os.path.join(work, "logs", key.replace("/", "_"))
-    train(r.spec, _params(r, variant, seed, hp), r.transform_dir, r.train_dir, r.catalog_dir,
+    train(r.spec, _params(r, variant, seed, hp, steps), r.transform_dir, r.train_dir, r.catalog_dir,
           log_dir, r.correlation, callbacks=[checkpoints])
     shutil.rmtree(log_dir, ignore_errors=True)
-    return {"curve": checkpoints.curve, "sizes": r.sizes,
+    return {"curve": checkpoints.curve, "sizes": r.sizes, "steps": _steps(regime, steps),
             "seconds": round(time.perf_counter() - start, 1)}
 
 
-def _test_one(work: str, regime: str, variant: str, seed: int, hp: dict, step: str,
-              validation_recall: float) -> dict:
+def _test_one(work: str, regime: str, variant: str, seed: int, hp: dict, steps: int | None,
+              step: str, validation_recall: float) -> dict:
     """Test metrics of a run's saved checkpoint, in a worker process.
 
     The rebuilt model must reproduce the validation Recall@50 recorded at
@@ -332,13 +342,13 @@ def _test_one(work: str, regime: str, variant: str, seed: int, hp: dict, step: s
     """
     r = _regime(work, regime)
     tf_keras.backend.clear_session()
-    params = _params(r, variant, seed, hp)
+    params = _params(r, variant, seed, hp, steps)
     tft_out = tft.TFTransformOutput(r.transform_dir)
     _, sampling = training_input(r.spec, params, tft_out, r.train_dir, r.catalog_dir, 1)
     model = build_model(r.spec, params, tft_out, r.correlation, sampling)
     model.item_embedding({k: v[:2] for k, v in r.test.catalog.items()})
     model.query_embedding({k: v[:2] for k, v in r.test.queries.items()})
-    saved = np.load(os.path.join(_weights_dir(work, _key(regime, variant, seed, hp)),
+    saved = np.load(os.path.join(_weights_dir(work, _key(regime, variant, seed, hp, steps)),
                                  f"{step}.npz"))
     model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
     check = r.validation.score(model)["overall_recall_at_50"]
@@ -365,7 +375,7 @@ class Study:
         self.pool = concurrent.futures.ProcessPoolExecutor(
             workers, mp_context=multiprocessing.get_context("spawn"), initializer=_worker_init)
 
-    def run_many(self, jobs: list[tuple[str, str, int, dict]]) -> None:
+    def run_many(self, jobs: list[tuple]) -> None:
         """Trains every job not yet cached, in parallel; saves after each."""
         import concurrent.futures
 
@@ -374,29 +384,34 @@ class Study:
             key = _key(*job)
             if key not in self.runs and key not in todo:
                 todo[key] = self.pool.submit(_train_one, self.work, *job)
+        jobs_by_key = {_key(*job): job for job in jobs}
         for future in concurrent.futures.as_completed(todo.values()):
             key = next(k for k, f in todo.items() if f is future)
+            job = jobs_by_key[key]
             self.runs[key] = future.result()
             self._save()
             best = max(c["validation"]["overall_recall_at_50"]
                        for c in self.runs[key]["curve"].values())
+            if max(map(int, self.runs[key]["curve"])) != _steps(job[0], (*job, None)[4]):
+                raise RuntimeError(f"{key}: its last checkpoint is not its step budget")
             print(f"[quality] {key}: best validation recall@50 {best:.4f} "
                   f"({self.runs[key]['seconds']} s)", flush=True)
 
-    def run(self, regime: str, variant: str, seed: int, hp: dict) -> dict:
-        self.run_many([(regime, variant, seed, hp)])
-        return self.runs[_key(regime, variant, seed, hp)]
+    def run(self, regime: str, variant: str, seed: int, hp: dict,
+            steps: int | None = None) -> dict:
+        self.run_many([(regime, variant, seed, hp, steps)])
+        return self.runs[_key(regime, variant, seed, hp, steps)]
 
-    def test_many(self, jobs: list[tuple[str, str, int, dict, str]]) -> None:
+    def test_many(self, jobs: list[tuple[str, str, int, dict, int, str]]) -> None:
         """Scores the test split at each job's checkpoint (cached in the run's curve)."""
         import concurrent.futures
 
         todo = {}
-        for regime, variant, seed, hp, step in jobs:
-            point = self.runs[_key(regime, variant, seed, hp)]["curve"][step]
+        for regime, variant, seed, hp, steps, step in jobs:
+            point = self.runs[_key(regime, variant, seed, hp, steps)]["curve"][step]
             if "test" not in point:
                 todo[self.pool.submit(
-                    _test_one, self.work, regime, variant, seed, hp, step,
+                    _test_one, self.work, regime, variant, seed, hp, steps, step,
                     point["validation"]["overall_recall_at_50"])] = point
         for future in concurrent.futures.as_completed(todo):
             todo[future]["test"] = future.result()
@@ -408,9 +423,10 @@ class Study:
             json.dump(self.runs, f, sort_keys=True)
         os.replace(self.path + ".tmp", self.path)
 
-    def budget(self, regime: str, variant: str, seeds, hp: dict) -> tuple[str, float]:
+    def budget(self, regime: str, variant: str, seeds, hp: dict,
+               steps: int | None = None) -> tuple[str, float]:
         """The checkpoint with the best seed-mean validation Recall@50, and that mean."""
-        curves = [self.run(regime, variant, s, hp)["curve"] for s in seeds]
+        curves = [self.run(regime, variant, s, hp, steps)["curve"] for s in seeds]
         means = {step: float(np.mean([c[step]["validation"]["overall_recall_at_50"]
                                       for c in curves])) for step in curves[0]}
         step = max(means, key=lambda s: (means[s], -int(s)))
@@ -472,31 +488,44 @@ class Study:
         ssl_fixed = {**main, "ssl_temperature": main["temperature"]}
         first = {"fd": ("feature_dropout_rate", main),
                  "mns": ("temperature", {"logq_correction": main["logq_correction"]}),
-                 **{v: ("alpha", ssl_fixed) for v in SSL_VARIANTS if v not in ABLATIONS}}
+                 **{v: ("alpha", ssl_fixed) for v in SSL_VARIANTS}}
         first = {v: first[v] for v in variants if v in first}
         self.run_many([job for v, (name, fixed) in first.items()
                        for job in self._grid_jobs(v, name, fixed)])
         chosen = {v: dict(main) for v in variants}
-        alphas = {}
         for v, (name, fixed) in first.items():
-            value = self.search(v, name, fixed)
-            if v in SSL_VARIANTS:
-                alphas[v] = value
-            else:
-                chosen[v] = {**fixed, **main, name: value} if v == "fd" else {**main, name: value}
-        # A cut of the grid: the SSL temperature is searched on
-        # SSL_TEMPERATURE_VARIANT (the paper's method) at its alpha, and every
-        # SSL variant keeps its own alpha with that temperature.
-        if alphas:
-            own = SSL_TEMPERATURE_VARIANT if SSL_TEMPERATURE_VARIANT in alphas else next(
-                iter(alphas))
-            ssl_tau = self.search(own, "ssl_temperature", {**main, "alpha": alphas[own]})
-            for v in alphas:
-                chosen[v] = {**main, "alpha": alphas[v], "ssl_temperature": ssl_tau}
-        for v, source in ABLATIONS.items():
-            if v in chosen and source in chosen:
-                chosen[v] = dict(chosen[source])
+            chosen[v] = {**fixed, **main, name: self.search(v, name, fixed)}
+        # Then every SSL variant's SSL temperature, at its own alpha.
+        ssl = [v for v in variants if v in SSL_VARIANTS]
+        self.run_many([job for v in ssl for job in self._grid_jobs(v, "ssl_temperature",
+                                                                   chosen[v])])
+        for v in ssl:
+            chosen[v]["ssl_temperature"] = self.search(v, "ssl_temperature", chosen[v])
         return chosen
+
+    def budgets(self, regimes: list[str], variants: list[str], seeds: list[int],
+                chosen: dict) -> dict[tuple[str, str], tuple[int, str]]:
+        """(steps trained, best checkpoint) per regime and variant, by one rule.
+
+        Every variant starts at its regime's step budget; one whose best
+        seed-mean validation checkpoint is its last is retrained with
+        BUDGET_FACTOR times the steps, at most BUDGET_EXTENSIONS times.
+        """
+        steps = {(r, v): REGIMES[r][2] for r in regimes for v in variants}
+        best: dict[tuple[str, str], str] = {}
+        pending = list(steps)
+        for round_ in range(BUDGET_EXTENSIONS + 1):
+            self.run_many([(r, v, s, chosen[v], steps[r, v]) for r, v in pending
+                           for s in seeds])
+            extend = []
+            for r, v in pending:
+                best[r, v] = self.budget(r, v, seeds, chosen[v], steps[r, v])[0]
+                if int(best[r, v]) == steps[r, v] and round_ < BUDGET_EXTENSIONS:
+                    every = REGIMES[r][3]
+                    steps[r, v] = int(np.ceil(steps[r, v] * BUDGET_FACTOR / every)) * every
+                    extend.append((r, v))
+            pending = extend
+        return {k: (steps[k], best[k]) for k in steps}
 
 
 def main() -> None:
@@ -517,18 +546,17 @@ def main() -> None:
     study = Study(args.work, args.workers)
     chosen = study.tune(variants)
     seeds = list(range(args.seeds))
-    study.run_many([(regime, variant, seed, chosen[variant]) for regime in regimes
-                    for variant in variants for seed in seeds])
-    steps = {(r, v): study.budget(r, v, seeds, chosen[v])[0] for r in regimes for v in variants}
-    study.test_many([(r, v, s, chosen[v], steps[r, v]) for r in regimes for v in variants
+    steps = study.budgets(regimes, variants, seeds, chosen)
+    study.test_many([(r, v, s, chosen[v], *steps[r, v]) for r in regimes for v in variants
                      for s in seeds])
     results: dict[str, dict] = {}
     for regime in regimes:
         for variant in variants:
-            step = steps[regime, variant]
-            tests = [study.run(regime, variant, s, chosen[variant])["curve"][step]["test"]
+            trained, step = steps[regime, variant]
+            tests = [study.run(regime, variant, s, chosen[variant], trained)["curve"][step]["test"]
                      for s in seeds]
-            results[f"{regime}/{variant}"] = {"step": int(step), "tests": tests}
+            results[f"{regime}/{variant}"] = {"step": int(step), "trained": trained,
+                                              "tests": tests}
     sizes = {r: study.run(r, variants[0], 0, chosen[variants[0]])["sizes"] for r in regimes}
     values = _flatten(results, chosen, study.searches, variants, regimes, seeds, sizes)
     correlation = correlation_report.read(latest_artifact(
@@ -545,7 +573,9 @@ def _flatten(results: dict, chosen: dict, searches: list, variants: list[str],
     out: dict[str, object] = {"seeds": len(seeds), "validation_share": VALIDATION_SHARE,
                               "tuning_regime": TUNING_REGIME,
                               "tuning_seeds": len(TUNING_SEEDS),
-                              "cold_item_percent": COLD_ITEM_PERCENT}
+                              "cold_item_percent": COLD_ITEM_PERCENT,
+                              "budget_factor": BUDGET_FACTOR,
+                              "budget_extensions": BUDGET_EXTENSIONS}
     for regime in regimes:
         for name, size in sizes[regime].items():
             out[f"{regime}_{name}_pairs"] = size
@@ -557,6 +587,7 @@ def _flatten(results: dict, chosen: dict, searches: list, variants: list[str],
         for variant in variants:
             cell = results[f"{regime}/{variant}"]
             out[f"{regime}_{variant}_train_steps"] = cell["step"]
+            out[f"{regime}_{variant}_trained_steps"] = cell["trained"]
             for metric in cell["tests"][0]:
                 if metric.endswith("_examples"):
                     continue
@@ -615,13 +646,13 @@ def _markdown(values: dict[str, object]) -> str:
         f"chosen on `{values['tuning_regime']}`'s validation split, on the mean of "
         f"{values['tuning_seeds']} seeds: the baseline's temperature with and without logQ "
         "correction (the winner's temperature and logQ then apply to every variant's main "
-        "loss); `fd`'s feature-dropout rate; `mns`'s temperature; the alpha of `so`, `rfm`, "
-        "`cfm` and `cfm_balanced` (SSL temperature = main temperature); then `cfm`'s SSL "
-        "temperature, used by every SSL variant (a cut of the grid, for time). The ablations "
-        "of `cfm` (`independent_masks`, `cfm_no_dropout`, `dropout_only`) keep `cfm`'s "
-        "settings: one component removed, nothing re-tuned. A grid won at an end is "
-        "extended. The other regimes reuse these settings and choose only their step "
-        "budget on their own validation split. Nothing is chosen on the test split.", "",
+        "loss); `fd`'s feature-dropout rate; `mns`'s temperature; for every SSL variant (the "
+        "ablations of `cfm` included) its alpha (SSL temperature = main temperature), then "
+        "its SSL temperature at that alpha. A grid won at an end is extended. The other "
+        "regimes reuse these settings and choose only their step budget on their own "
+        "validation split; a variant whose best checkpoint is its last is retrained with "
+        f"{values['budget_factor']}x the steps (at most {values['budget_extensions']} times). "
+        "Nothing is chosen on the test split.", "",
         f"CFM groups (MovieLens-1M) by **{measure}**: {values['cfm_groups_ml1m']}. `cfm` masks "
         "the seed + floor(k/2) features, `cfm_balanced` k // 2.", "",
         "## Chosen settings", "",
@@ -637,14 +668,16 @@ def _markdown(values: dict[str, object]) -> str:
         lines += [f"## {REGIME_TITLES[regime]} (`{regime}`)", "",
                   f"Training pairs {values[f'{regime}_train_pairs']}, validation "
                   f"{values[f'{regime}_validation_pairs']}, test {values[f'{regime}_test_pairs']}"
-                  f"; at most {values[f'{regime}_max_steps']} steps (\"(last)\": the best "
-                  "checkpoint was the last one).", "",
+                  f"; starting budget {values[f'{regime}_max_steps']} steps. Steps: the "
+                  "chosen checkpoint of the steps trained (\"(last)\": still improving at the "
+                  "end of the last extension).", "",
                   "| method | steps | overall R@10 | overall R@50 | head R@50 | tail R@50 | "
                   "cold R@50 | vs baseline: overall / tail / cold R@50 |",
                   "|---|---|---|---|---|---|---|---|"]
         for v in variants:
             steps = values[f"{regime}_{v}_train_steps"]
-            row = [f"{steps}{' (last)' if steps == values[f'{regime}_max_steps'] else ''}"]
+            trained = values[f"{regime}_{v}_trained_steps"]
+            row = [f"{steps} of {trained}{' (last)' if steps == trained else ''}"]
             for name, k in (("overall", 10), ("overall", 50), ("head", 50), ("tail", 50),
                             ("cold", 50)):
                 row.append(f"{values[f'{regime}_{v}_{name}_recall_at_{k}_mean']:.4f} ± "
