@@ -285,6 +285,29 @@ def test_one_tower_call_equals_a_call_per_part():
         np.testing.assert_allclose(got.numpy(), tower(inputs, mask).numpy(), atol=1e-6)
 
 
+def test_feature_embedding_pools_the_mean_or_the_default():
+    from components.trainer.towers import FeatureEmbedding
+
+    layer = FeatureEmbedding(6, 3)
+    ids = tf.ragged.constant([[1, 4], [], [5], [2, 2, 0], [9]], dtype=tf.int64)
+    masked = tf.constant([False, False, True, False, False])
+    got = layer(ids, masked).numpy()
+    table, default = layer.table.embeddings.numpy(), layer.default.numpy()
+    want = [table[[1, 4]].mean(0), default, default, table[[2, 2, 0]].mean(0),
+            table[5]]                                    # id 9 >= vocab: clipped to 5
+    np.testing.assert_allclose(got, np.stack(want), rtol=1e-6)
+
+
+def test_contrastive_accuracy_matches_numpy_argmax():
+    rng = np.random.default_rng(8)
+    logits = rng.normal(size=(40, 55)).astype(np.float32)
+    labels = rng.integers(0, 55, 40)
+    logits[np.arange(0, 40, 3), labels[::3]] += 10.0          # a third of the rows are hits
+    want = np.mean(logits.argmax(axis=1) == labels)
+    got = losses.contrastive_accuracy(tf.constant(logits), tf.constant(labels, tf.int32))
+    assert float(got) == pytest.approx(want) and 0.3 < want < 0.5
+
+
 def test_trainer_custom_config_round_trip(tiny_root):
     import json
 

@@ -13,18 +13,37 @@ _MASKED = -1e9
 
 
 def cosine_logits(a: tf.Tensor, b: tf.Tensor, temperature: float) -> tf.Tensor:
-    """``cos(a_i, b_j) / temperature`` for every pair: [N, D] x [M, D] -> [N, M]."""
-    a = tf.math.l2_normalize(a, axis=-1)
+    """``cos(a_i, b_j) / temperature`` for every pair: [N, D] x [M, D] -> [N, M].
+
+    The temperature scales the [N, D] side, not the [N, M] product.
+    """
+    a = tf.math.l2_normalize(a, axis=-1) / temperature
     b = tf.math.l2_normalize(b, axis=-1)
-    return tf.matmul(a, b, transpose_b=True) / temperature
+    return tf.matmul(a, b, transpose_b=True)
 
 
-def _mask_same(logits: tf.Tensor, row_ids: tf.Tensor, column_ids: tf.Tensor) -> tf.Tensor:
-    """Masks (i, j), ``j != i``, where ``row_ids[i] == column_ids[j]``: [N, M] -> [N, M]."""
-    same = tf.equal(row_ids[:, tf.newaxis], column_ids[tf.newaxis, :])
+def _mask_same(logits: tf.Tensor, column_ids: tf.Tensor, *row_ids: tf.Tensor) -> tf.Tensor:
+    """Masks (i, j), ``j != i``, where ``column_ids[j]`` equals any ``row_ids[i]``.
+
+    [N, M] -> [N, M], one select for every id list.
+    """
+    same = None
+    for ids in row_ids:
+        hit = tf.equal(tf.cast(ids, column_ids.dtype)[:, tf.newaxis], column_ids[tf.newaxis, :])
+        same = hit if same is None else tf.logical_or(same, hit)
     n, m = tf.shape(logits)[0], tf.shape(logits)[1]
     off_diagonal = tf.logical_not(tf.eye(n, m, dtype=tf.bool))
     return tf.where(tf.logical_and(same, off_diagonal), tf.cast(_MASKED, logits.dtype), logits)
+
+
+def _diagonal_softmax_loss(logits: tf.Tensor) -> tf.Tensor:
+    """Mean softmax cross-entropy of [N, M] logits whose label is the diagonal.
+
+    ``logsumexp_j(l_ij) - l_ii``: the same numbers as
+    ``sparse_softmax_cross_entropy_with_logits(labels=range(N))``, with
+    fewer passes over the matrix.
+    """
+    return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - tf.linalg.diag_part(logits))
 
 
 def batch_softmax_loss(
@@ -83,12 +102,11 @@ def batch_softmax_loss(
     if candidate_log_q is not None:
         logits = logits - tf.cast(candidate_log_q, logits.dtype)[tf.newaxis, :]
     labels = tf.range(tf.shape(logits)[0])
-    if item_ids is not None and remove_accidental_hits:
-        logits = _mask_same(logits, item_ids, candidate_ids)
-    if query_ids is not None:
-        logits = _mask_same(logits, tf.cast(query_ids, candidate_ids.dtype), candidate_ids)
-    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    return tf.reduce_mean(loss), logits, labels
+    row_ids = [ids for ids, use in ((item_ids, remove_accidental_hits), (query_ids, True))
+               if ids is not None and use]
+    if row_ids:
+        logits = _mask_same(logits, candidate_ids, *row_ids)
+    return _diagonal_softmax_loss(logits), logits, labels
 
 
 def ssl_loss(z: tf.Tensor, z_prime: tf.Tensor, temperature: float,
@@ -113,12 +131,10 @@ def ssl_loss(z: tf.Tensor, z_prime: tf.Tensor, temperature: float,
     logits = cosine_logits(z, z_prime, temperature)
     if item_ids is not None:
         logits = _mask_same(logits, item_ids, item_ids)
-    labels = tf.range(tf.shape(logits)[0])
-    loss = tf.nn.sparse_softmax_cross_entropy_with_logits(labels=labels, logits=logits)
-    return tf.reduce_mean(loss), logits, labels
+    return _diagonal_softmax_loss(logits), logits, tf.range(tf.shape(logits)[0])
 
 
 def contrastive_accuracy(logits: tf.Tensor, labels: tf.Tensor) -> tf.Tensor:
-    """Share of rows whose largest logit is on the label."""
-    predicted = tf.argmax(logits, axis=-1, output_type=labels.dtype)
-    return tf.reduce_mean(tf.cast(tf.equal(predicted, labels), tf.float32))
+    """Share of rows whose largest logit is on the label (a tie counts as a hit)."""
+    on_label = tf.gather(logits, labels, axis=1, batch_dims=1)
+    return tf.reduce_mean(tf.cast(on_label >= tf.reduce_max(logits, axis=-1), tf.float32))

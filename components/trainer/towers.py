@@ -34,10 +34,14 @@ class FeatureEmbedding(tf_keras.layers.Layer):
     def call(self, ids: tf.RaggedTensor, masked: Optional[tf.Tensor] = None) -> tf.Tensor:
         """Pools ids [N, None] into [N, dim]; ``masked`` [N] bool forces the default."""
         ids = tf.clip_by_value(ids, 0, self.vocab_size - 1)
-        vectors = tf.ragged.map_flat_values(self.table, ids)
-        counts = tf.cast(ids.row_lengths(), vectors.dtype)[:, tf.newaxis]
-        pooled = tf.reduce_sum(vectors, axis=1) / tf.maximum(counts, 1.0)
-        use_default = tf.equal(counts, 0.0)
+        if not self.table.built:
+            self.table.build((None,))
+        # One fused gather-and-average over the table rows (an empty row
+        # gives zeros); its gradient stays sparse, like a gather's.
+        pooled = tf.sparse.segment_mean(
+            self.table.embeddings, ids.flat_values, ids.value_rowids(),
+            num_segments=ids.nrows(out_type=tf.int64), sparse_gradient=True)
+        use_default = tf.equal(ids.row_lengths(), 0)[:, tf.newaxis]
         if masked is not None:
             use_default = tf.logical_or(use_default, masked[:, tf.newaxis])
         return tf.where(use_default, self.default[tf.newaxis, :], pooled)
