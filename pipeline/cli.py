@@ -112,8 +112,9 @@ def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str
              ) -> list[PipelineConfig]:
     """One checked configuration per span to run (``--all-spans``: every span, in order)."""
     from pipeline import preflight
-    from pipeline.config import LOCAL_BEAM_ARGS
+    from pipeline.config import local_beam_args
 
+    beam_args = tuple(args.beam_arg or local_beam_args(preflight.input_bytes(spec)))
     spans: list[Optional[int]] = [args.span]
     if args.all_spans:
         spans = list(preflight.spans(spec.logs)) or [None]
@@ -122,7 +123,7 @@ def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str
         preflight.check(spec, span)
         configs.append(_config(
             spec=spec, run_root=run_root,
-            beam_pipeline_args=tuple(args.beam_arg or LOCAL_BEAM_ARGS),
+            beam_pipeline_args=beam_args,
             enable_cache=not args.no_cache, span=span, hparams=_hparams(args.hparams),
             eval_settings=_eval_settings(args),
             correlation=CorrelationSettings(measure=args.correlation_measure),

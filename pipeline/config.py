@@ -21,6 +21,16 @@ from transforms.spec import DatasetSpec
 LOCAL_BEAM_ARGS = ("--direct_running_mode=multi_processing", "--direct_num_workers=0",
                    worker_exit.BEAM_PLUGIN_FLAG)
 IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=1")
+#: Local runs without Beam flags: inputs (catalog plus every log span) of at most
+#: this many bytes run in one process, since starting a worker per core for every
+#: Beam step costs more than the second core gains (MovieLens-1M, 14 MB:
+#: benchmarks/results/data_half.md); larger inputs get one process per core.
+IN_MEMORY_MAX_INPUT_BYTES = 32 * 2**20
+
+
+def local_beam_args(input_bytes: int) -> tuple[str, ...]:
+    """DirectRunner flags for local inputs of ``input_bytes`` bytes (see above)."""
+    return IN_MEMORY_BEAM_ARGS if input_bytes <= IN_MEMORY_MAX_INPUT_BYTES else LOCAL_BEAM_ARGS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -58,3 +58,15 @@ def check(spec: DatasetSpec, span: int | None = None) -> dict[str, list[str]]:
                 tables.check_header(next(csv.reader(f), None), table, path)
         found[kind] = files
     return found
+
+
+def input_bytes(spec: DatasetSpec) -> int:
+    """Bytes of the catalog's files and of the log files of every span."""
+    logs = spec.logs
+    patterns = [os.path.join(spec.catalog.base, spec.catalog.pattern)]
+    if "{SPAN}" in logs.pattern:
+        patterns += [os.path.join(logs.base, logs.pattern.replace("{SPAN}", str(n)))
+                     for n in spans(logs)]
+    else:
+        patterns.append(os.path.join(logs.base, logs.pattern))
+    return sum(os.path.getsize(path) for pattern in patterns for path in glob.glob(pattern))

@@ -28,3 +28,20 @@ def test_missing_folder_span_and_column_are_named(tiny_root):
     moved = tiny_spec(tiny_root, catalog__path="nowhere")
     with pytest.raises(tables.InputError, match="catalog: folder .*nowhere does not exist"):
         preflight.check(moved)
+
+
+def test_input_bytes_and_the_local_runner_switch_at_its_boundary(tiny_root):
+    from pipeline.config import (
+        IN_MEMORY_BEAM_ARGS,
+        IN_MEMORY_MAX_INPUT_BYTES,
+        LOCAL_BEAM_ARGS,
+        local_beam_args,
+    )
+
+    spec = tiny_spec(tiny_root)
+    write(os.path.join(spec.logs.base, "span-2", "a.csv"), "user,seed,item,device\nu,a,b,m\n")
+    files = [os.path.join(dirpath, name) for dirpath, _, names in os.walk(tiny_root)
+             for name in names if name.endswith(".csv")]
+    assert preflight.input_bytes(spec) == sum(os.path.getsize(f) for f in files)  # every span
+    assert local_beam_args(IN_MEMORY_MAX_INPUT_BYTES) == IN_MEMORY_BEAM_ARGS
+    assert local_beam_args(IN_MEMORY_MAX_INPUT_BYTES + 1) == LOCAL_BEAM_ARGS
