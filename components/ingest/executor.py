@@ -17,8 +17,11 @@ from typing import Any, Iterable, Iterator, Union
 
 import apache_beam as beam
 import tensorflow as tf
-from tfx.components.example_gen import base_example_gen_executor
+from tfx.components.example_gen import base_example_gen_executor, utils, write_split
+from tfx.components.util import examples_utils
+from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
+from tfx.utils import proto_utils
 
 from transforms import tables
 from transforms.spec import SPEC_PARAMETER, spec_from_json
@@ -28,6 +31,32 @@ REPORT_DIR_KEY = "_report_dir"
 REPORT_DIR = "report"
 COUNTS_FILE = "counts.json"
 ROWS_OK = "rows_ok"
+REJECTS_TAG = "rejects"
+COUNTS_TAG = "counts"
+
+
+class _ReadFile(beam.DoFn):
+    """One CSV file -> its rows (main output), rejects and one ``(rows_ok, n)`` count.
+
+    Rows leave as ``tf.train.Example`` (logs) or ``(id, (file:line, bytes))``
+    (catalog, for the id de-duplication); counting them here spares a
+    counting step per row.
+    """
+
+    def __init__(self, table: tables.Table) -> None:
+        self.table = table
+
+    def process(self, path: str) -> Iterator[Any]:
+        ok = 0
+        catalog = self.table.kind == tables.CATALOG
+        for result in tables.read_file(path, self.table):
+            if isinstance(result, tables.Reject):
+                yield beam.pvalue.TaggedOutput(REJECTS_TAG, result)
+                continue
+            ok += 1
+            yield ((result.key, (result.location, result.example.SerializeToString()))
+                   if catalog else result.example)
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (ROWS_OK, ok))
 
 
 def _dedupe(item: tuple[str, Iterable[tuple[str, bytes]]],
@@ -62,16 +91,18 @@ def _counts_json(counts: list[tuple[str, int]]) -> str:
 
 @beam.ptransform_fn
 def _WriteReport(  # pylint: disable=invalid-name
-    parsed: beam.PCollection, rejects: beam.PCollection, report_dir: str
+    ok: beam.PCollection, rejects: beam.PCollection, report_dir: str
 ) -> beam.pvalue.PDone:
-    """Writes reject lines and per-kind counts under ``report_dir``."""
+    """Writes reject lines and per-kind counts under ``report_dir``.
+
+    ``ok`` holds ``(rows_ok, n)`` pairs; the rejects are counted here.
+    """
     _ = (rejects
          | "RejectLines" >> beam.Map(lambda r: r.line())
          | "WriteRejects" >> beam.io.WriteToText(
              os.path.join(report_dir, "rejects"), file_name_suffix=".tsv"))
-    ok = parsed | "KeyOk" >> beam.Map(lambda _: (ROWS_OK, 1))
     bad = rejects | "KeyRejects" >> beam.Map(lambda r: (r.kind, r.n_rows))
-    seed = parsed.pipeline | "SeedZero" >> beam.Create([(ROWS_OK, 0)])
+    seed = rejects.pipeline | "SeedZero" >> beam.Create([(ROWS_OK, 0)])
     return ((ok, bad, seed)
             | "AllCounts" >> beam.Flatten()
             | "SumPerKind" >> beam.CombinePerKey(sum)
@@ -102,22 +133,23 @@ def _ContractCsvToExample(  # pylint: disable=invalid-name
     parsed = (pipeline
               | "Files" >> beam.Create(files)
               | "Spread" >> beam.Reshuffle()
-              | "ReadCsv" >> beam.FlatMap(tables.read_file, table))
-    good = parsed | "Rows" >> beam.Filter(lambda r: isinstance(r, tables.Row))
-    rejects = parsed | "Rejects" >> beam.Filter(lambda r: isinstance(r, tables.Reject))
+              | "ReadCsv" >> beam.ParDo(_ReadFile(table)).with_outputs(
+                  REJECTS_TAG, COUNTS_TAG, main="rows"))
+    good, rejects, ok = parsed.rows, parsed[REJECTS_TAG], parsed[COUNTS_TAG]
     if table.kind == tables.CATALOG:
         # The shuffle carries (id, (file:line, bytes)): cheap to encode, unlike Rows.
         deduped = (good
-                   | "ById" >> beam.Map(
-                       lambda r: (r.key, (r.location, r.example.SerializeToString())))
                    | "GroupById" >> beam.GroupByKey()
                    | "Dedupe" >> beam.FlatMap(_dedupe, table.duplicate_item))
         examples = deduped | "Unique" >> beam.Filter(lambda r: isinstance(r, bytes))
         dups = deduped | "Dups" >> beam.Filter(lambda r: isinstance(r, tables.Reject))
         rejects = (rejects, dups) | "AllRejects" >> beam.Flatten()
+        # A duplicate was counted as read: it leaves rows_ok for duplicate_item.
+        ok = (ok, dups | "UncountDups" >> beam.Map(lambda r: (ROWS_OK, -r.n_rows))
+              ) | "OkAndDups" >> beam.Flatten()
     else:
-        examples = good | "ToExample" >> beam.Map(lambda r: r.example)
-    _ = examples | "Report" >> _WriteReport(rejects, exec_properties[REPORT_DIR_KEY])
+        examples = good
+    _ = ok | "Report" >> _WriteReport(rejects, exec_properties[REPORT_DIR_KEY])
     return examples
 
 
@@ -142,7 +174,7 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             output_dict[standard_component_specs.EXAMPLES_KEY])
         exec_properties = dict(exec_properties)
         exec_properties[REPORT_DIR_KEY] = os.path.join(examples.uri, REPORT_DIR)
-        super().Do(input_dict, output_dict, exec_properties)
+        self._write_splits(output_dict, exec_properties)
         counts = read_counts(examples.uri)
         table = exec_properties[TABLE_KEY]
         if counts.get(ROWS_OK, 0) == 0:
@@ -154,3 +186,35 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
                 f"{os.path.join(examples.uri, REPORT_DIR)} for rejected rows.")
         for key, value in counts.items():
             examples.set_int_custom_property(key, value)
+
+    def _write_splits(self, output_dict: dict[str, list[Any]],
+                      exec_properties: dict[str, Any]) -> None:
+        """ExampleGen's own ``Do`` without its shuffle of every record before writing.
+
+        Downstream steps (statistics, the join) do not depend on record
+        order, and the Trainer shuffles what it reads.
+        """
+        keys = standard_component_specs
+        input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
+        proto_utils.json_to_proto(exec_properties[keys.INPUT_CONFIG_KEY], input_config)
+        proto_utils.json_to_proto(exec_properties[keys.OUTPUT_CONFIG_KEY], output_config)
+        outputs = output_dict[keys.EXAMPLES_KEY]
+        for artifact in outputs:
+            artifact.split_names = artifact_utils.encode_split_names(
+                utils.generate_output_split_names(input_config, output_config))
+        with self._make_beam_pipeline() as pipeline:
+            for split, records in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
+                _ = (records
+                     | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
+                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                         os.path.join(artifact_utils.get_split_uri(outputs, split),
+                                      write_split.DEFAULT_FILE_NAME),
+                         file_name_suffix=".gz"))
+        payload_format = exec_properties.get(keys.OUTPUT_DATA_FORMAT_KEY)
+        file_format = exec_properties.get(keys.OUTPUT_FILE_FORMAT_KEY)
+        for artifact in outputs:
+            if payload_format:
+                examples_utils.set_payload_format(artifact, payload_format)
+            if file_format:
+                examples_utils.set_file_format(artifact,
+                                               write_split.to_file_format_str(file_format))

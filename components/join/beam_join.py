@@ -260,6 +260,8 @@ def HoldOutColdItems(  # noqa: N802  pylint: disable=invalid-name
       ``(logs, moved)``: the re-split rows and ``[(MOVED_COLD, n)]``, the
       number of training rows moved (0 when ``split.cold_item_percent`` is 0).
     """
+    if spec.cold_item_percent <= 0:                  # nothing to move: no step per row
+        return logs, logs.pipeline | "NoneMoved" >> beam.Create([(MOVED_COLD, 0)])
     resplit = logs | "ReSplit" >> beam.Map(lambda sr: (sr[0], hold_out(sr, spec)))
     moved = (resplit
              | "Moved" >> beam.Map(lambda pair: int(pair[0] != pair[1][0]))

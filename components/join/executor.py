@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any
+from typing import Any, Iterator
 
 import apache_beam as beam
 import tensorflow as tf
@@ -31,23 +31,34 @@ SUMMARY_FILE = "summary.json"
 SCHEMA_FILE = "schema.pbtxt"
 
 
-def _read_split(pipeline: beam.Pipeline, artifact: Any, split: str, label: str) -> beam.PCollection:
+def _read_split(pipeline: beam.Pipeline, artifact: Any, split: str, label: str,
+                tag: bool = False) -> beam.PCollection:
+    """The rows of one split; ``(split, row)`` pairs with ``tag``."""
     pattern = os.path.join(artifact_utils.get_split_uri([artifact], split), "*")
+    parse = ((lambda b: (split, beam_join.example_to_row(b))) if tag
+             else beam_join.example_to_row)
     return (pipeline
             | f"Read[{label}]" >> beam.io.ReadFromTFRecord(pattern)
-            | f"Parse[{label}]" >> beam.Map(beam_join.example_to_row))
+            | f"Parse[{label}]" >> beam.Map(parse))
+
+
+class _BySplit(beam.DoFn):
+    """``(split, bucket, serialized Example)`` -> the Example, on the split's output."""
+
+    def process(self, row: tuple[str, str, bytes]) -> Iterator[Any]:
+        yield beam.pvalue.TaggedOutput(row[0], row[2])
 
 
 def _summary_pairs(examples: beam.PCollection, rejects: beam.PCollection,
                    moved: beam.PCollection) -> beam.PCollection:
-    by_split = examples | "KeySplit" >> beam.Map(lambda e: (e[0], 1))
-    by_bucket = examples | "KeyBucket" >> beam.Map(lambda e: (f"{e[0]}_{e[1]}", 1))
+    keys = examples | "KeySplitAndBucket" >> beam.FlatMap(
+        lambda e: ((e[0], 1), (f"{e[0]}_{e[1]}", 1)))
     bad = rejects | "KeyReject" >> beam.Map(lambda r: (f"rejected_{r.kind}", r.n_rows))
     zeros = examples.pipeline | "Zeros" >> beam.Create(
         [(s, 0) for s in features.JOINED_SPLITS]
         + [(f"{s}_{b}", 0) for s in features.JOINED_SPLITS for b in features.BUCKETS]
         + [(f"rejected_{tables.UNKNOWN}", 0)])
-    return ((by_split, by_bucket, bad, moved, zeros)
+    return ((keys, bad, moved, zeros)
             | "AllKeys" >> beam.Flatten()
             | "Sum" >> beam.CombinePerKey(sum))
 
@@ -104,19 +115,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             log_rows = []
             for i, logs in enumerate(sorted(input_dict[LOGS_KEY], key=lambda a: a.span)):
                 for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
-                    parsed = _read_split(pipeline, logs, split, f"logs{i}-{split}")
-                    log_rows.append(parsed | f"Tag[{i}-{split}]" >> beam.Map(
-                        lambda row, s=split: (s, row)))
+                    log_rows.append(_read_split(pipeline, logs, split, f"logs{i}-{split}",
+                                                tag=True))
             logs, moved = (log_rows | "AllLogs" >> beam.Flatten()
                            | "HoldOutColdItems" >> beam_join.HoldOutColdItems(spec))
             joined, rejects, _ = ({
                 "logs": logs,
                 "catalog": _read_split(pipeline, catalog, features.CATALOG_SPLIT, "catalog"),
             } | "Join" >> beam_join.JoinLogsWithCatalog(spec, strategy))
+            by_split = joined | "BySplit" >> beam.ParDo(_BySplit()).with_outputs(
+                *features.JOINED_SPLITS)
             for split in features.JOINED_SPLITS:
-                _ = (joined
-                     | f"Select[{split}]" >> beam.Filter(lambda e, s=split: e[0] == s)
-                     | f"Payload[{split}]" >> beam.Map(lambda e: e[2])
+                _ = (by_split[split]
                      | f"Write[{split}]" >> beam.io.WriteToTFRecord(
                          os.path.join(artifact_utils.get_split_uri([examples], split),
                                       "data_tfrecord"), file_name_suffix=".gz"))
