@@ -38,12 +38,19 @@ def _tree_rss(proc: psutil.Process) -> int:
 
 
 def run_measured(cmd: Sequence[str], env: dict[str, str], log_path: str) -> tuple[float, float]:
-    """Runs ``cmd``; returns (wall seconds, peak RSS of its process tree in MiB).
+    """Runs ``cmd``; returns (wall seconds, peak RSS of its process tree in MiB)."""
+    wall, peak, _ = run_measured_peak(cmd, env, log_path)
+    return wall, peak
+
+
+def run_measured_peak(cmd: Sequence[str], env: dict[str, str], log_path: str
+                      ) -> tuple[float, float, float]:
+    """Runs ``cmd``; returns (wall seconds, peak RSS in MiB, Unix time of the peak).
 
     RSS is sampled every 0.2 s and summed over the process and all its
     descendants (Beam's worker processes included).
     """
-    peak = [0]
+    peak = [0, 0.0]
     with open(log_path, "w") as log:
         start = time.perf_counter()
         proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -53,7 +60,9 @@ def run_measured(cmd: Sequence[str], env: dict[str, str], log_path: str) -> tupl
         def sample() -> None:
             while not stop.is_set():
                 try:
-                    peak[0] = max(peak[0], _tree_rss(ps))
+                    rss = _tree_rss(ps)
+                    if rss > peak[0]:
+                        peak[:] = [rss, time.time()]
                 except psutil.Error:
                     pass
                 time.sleep(0.2)
@@ -66,7 +75,7 @@ def run_measured(cmd: Sequence[str], env: dict[str, str], log_path: str) -> tupl
         thread.join()
     if code != 0:
         raise RuntimeError(f"{' '.join(cmd)} failed with {code}; see {log_path}")
-    return wall, peak[0] / 2**20
+    return wall, peak[0] / 2**20, peak[1]
 
 
 def latest_artifact(run_root: str, node: str, key: str) -> str:

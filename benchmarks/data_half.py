@@ -21,10 +21,10 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import RESULTS, run_measured, write_results  # noqa: E402
+from benchmarks.common import RESULTS, run_measured_peak, write_results  # noqa: E402
 from components.join import executor as join_executor  # noqa: E402
-from pipeline import nodes, records  # noqa: E402
-from pipeline.config import PipelineConfig  # noqa: E402
+from pipeline import nodes, preflight, records  # noqa: E402
+from pipeline.config import IN_MEMORY_MAX_INPUT_BYTES, PipelineConfig  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
 from transforms import features  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
@@ -32,7 +32,8 @@ from transforms.spec import load_spec  # noqa: E402
 NAME = "ssl4rec"
 
 
-def _step_seconds(run_root: str, spec_path: str) -> dict[str, float]:
+def _step_times(run_root: str, spec_path: str) -> dict[str, tuple[float, float]]:
+    """(start, end) Unix seconds of each finished step, from ML Metadata."""
     store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
     config = PipelineConfig(spec=load_spec(spec_path), run_root=run_root)
     out = {}
@@ -41,7 +42,8 @@ def _step_seconds(run_root: str, spec_path: str) -> dict[str, float]:
                 if e.last_known_state in records.DONE_STATES]
         if done:
             e = done[-1]
-            out[node.id] = (e.last_update_time_since_epoch - e.create_time_since_epoch) / 1000
+            out[node.id] = (e.create_time_since_epoch / 1000,
+                            e.last_update_time_since_epoch / 1000)
     return out
 
 
@@ -51,7 +53,7 @@ def _case(label: str, spec_path: str, work: str, beam_args: tuple[str, ...] = ()
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1")
     cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec_path,
            "--run-root", run_root, "--data-only", *[f"--beam-arg={a}" for a in beam_args]]
-    wall, peak = run_measured(cmd, env, os.path.join(work, f"{label}.log"))
+    wall, peak, peak_at = run_measured_peak(cmd, env, os.path.join(work, f"{label}.log"))
     store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
     join = records.latest(store, NAME, nodes.JOIN)
     summary = join_executor.read_summary(join.outputs[join_executor.EXAMPLES_KEY][0])
@@ -65,8 +67,13 @@ def _case(label: str, spec_path: str, work: str, beam_args: tuple[str, ...] = ()
         f"{label}_join_strategy": join.properties["examples"].get(
             join_executor.STRATEGY_PROPERTY, "shuffle"),
     }
-    for node, seconds in _step_seconds(run_root, spec_path).items():
-        values[f"{label}_step_{node}_s"] = round(seconds, 1)
+    times = _step_times(run_root, spec_path)
+    for node, (start, end) in times.items():
+        values[f"{label}_step_{node}_s"] = round(end - start, 1)
+    values[f"{label}_peak_rss_step"] = next(
+        (node for node, (start, end) in times.items() if start <= peak_at <= end), "none")
+    values[f"{label}_beam_mode"] = ("in_memory" if preflight.input_bytes(load_spec(spec_path))
+                                    <= IN_MEMORY_MAX_INPUT_BYTES else "multi_processing")
     return values
 
 
@@ -86,15 +93,19 @@ def _markdown(values: dict[str, object]) -> str:
              f"{values['machine_memory_gib']} GiB; 1-minute load average at the start / end: "
              f"{values['machine_load_start']} / {values['machine_load_end']} (2 would mean "
              "both CPUs busy with this benchmark alone). Fresh uncached runs of the data half "
-             "(ingest, validation, join, Transform, FeatureCorrelation), DirectRunner "
-             "multi-processing. Peak memory is the summed RSS of the pipeline process and its "
-             "Beam workers. Goals on 2 cores: MovieLens-1M <= 90 s; 1M items / 500k pairs "
+             "(ingest, validation, join, Transform, FeatureCorrelation) with the default local "
+             "Beam flags: before, DirectRunner multi-processing; after, the same for inputs "
+             "above 32 MiB and one process for smaller ones (`pipeline/config.py`, row "
+             "'Beam mode'). Peak memory is the summed RSS of the pipeline process and its "
+             "Beam workers, sampled every 0.2 s; 'peak during' is the step running at that "
+             "moment. Goals on 2 cores: MovieLens-1M <= 90 s; 1M items / 500k pairs "
              "<= 600 s at <= 8 GiB.", "",
              f"*Before*: {values.get('before_note', '')}", "",
              "| | " + " | ".join(name for _, name in cols) + " |",
              "|---|" + "---|" * len(cols)]
     for metric, label in [("catalog_items", "items"), ("log_pairs", "pairs"),
                           ("wall_s", "wall (s)"), ("peak_rss_mib", "peak RSS (MiB)"),
+                          ("peak_rss_step", "peak during"), ("beam_mode", "Beam mode"),
                           ("pairs_per_s", "pairs/s"), ("join_strategy", "join strategy")]:
         lines.append(f"| {label} | " + " | ".join(
             _cell(values, f"{c}_{metric}") for c, _ in cols) + " |")
@@ -120,6 +131,8 @@ def _before() -> dict[str, object]:
         old = json.load(f)
     kept = {k: v for k, v in old.items() if k.startswith(BEFORE)}
     if kept:
+        for case in CASES:                  # "before" predates the choice by input size
+            kept.setdefault(f"{BEFORE}{case}_beam_mode", "multi_processing")
         return kept
     kept = {BEFORE + k: v for k, v in old.items() if k.startswith(CASES)
             and not k.startswith("synthetic_in_memory")}
