@@ -22,8 +22,9 @@ Protocol (also written to the results page):
   setting's score is the best, over checkpoints, of the seed-mean
   validation Recall@50, and the reported test numbers are those of that
   checkpoint. In the test regimes a variant whose best checkpoint is its
-  last is retrained with 1.5x the steps (at most twice), so no variant is
-  reported before its validation curve has turned.
+  last, and whose validation Recall@50 still rose by at least 0.002 over
+  the last checkpoint interval, is retrained with 1.5x the steps (at most
+  twice), so no variant is reported while it was still improving.
 * **Tuning** (on ``ml1m_full``, seeds 0 and 1, choices on their mean):
   the baseline's temperature, with and without logQ correction; the
   winner's temperature and logQ apply to the main loss of every variant.
@@ -100,10 +101,13 @@ REGIMES = {
 }
 if os.environ.get("QUALITY_SMOKE"):                  # a quick check of this script itself
     REGIMES = {name: (d, share, 500, 250) for name, (d, share, _, _) in REGIMES.items()}
-#: A budget whose best checkpoint is its last is retrained with this many
-#: times the steps, at most BUDGET_EXTENSIONS times.
+#: A budget whose best checkpoint is its last, and whose seed-mean
+#: validation Recall@50 still rose by at least BUDGET_MIN_GAIN over the last
+#: checkpoint interval, is retrained with BUDGET_FACTOR times the steps, at
+#: most BUDGET_EXTENSIONS times.
 BUDGET_FACTOR = 1.5
 BUDGET_EXTENSIONS = 2
+BUDGET_MIN_GAIN = 0.002
 TUNING_REGIME = "ml1m_full"
 TUNING_SEEDS = (0, 1)
 SSL_VARIANTS = tuple(v for v, f in hparams_lib.VARIANTS.items() if f.ssl_loss)
@@ -423,12 +427,17 @@ class Study:
             json.dump(self.runs, f, sort_keys=True)
         os.replace(self.path + ".tmp", self.path)
 
+    def curve(self, regime: str, variant: str, seeds, hp: dict,
+              steps: int | None = None) -> dict[str, float]:
+        """Seed-mean validation Recall@50 by checkpoint step, in step order."""
+        curves = [self.run(regime, variant, s, hp, steps)["curve"] for s in seeds]
+        return {step: float(np.mean([c[step]["validation"]["overall_recall_at_50"]
+                                     for c in curves])) for step in sorted(curves[0], key=int)}
+
     def budget(self, regime: str, variant: str, seeds, hp: dict,
                steps: int | None = None) -> tuple[str, float]:
         """The checkpoint with the best seed-mean validation Recall@50, and that mean."""
-        curves = [self.run(regime, variant, s, hp, steps)["curve"] for s in seeds]
-        means = {step: float(np.mean([c[step]["validation"]["overall_recall_at_50"]
-                                      for c in curves])) for step in curves[0]}
+        means = self.curve(regime, variant, seeds, hp, steps)
         step = max(means, key=lambda s: (means[s], -int(s)))
         return step, means[step]
 
@@ -508,8 +517,9 @@ class Study:
         """(steps trained, best checkpoint) per regime and variant, by one rule.
 
         Every variant starts at its regime's step budget; one whose best
-        seed-mean validation checkpoint is its last is retrained with
-        BUDGET_FACTOR times the steps, at most BUDGET_EXTENSIONS times.
+        seed-mean validation checkpoint is its last, and which gained at
+        least BUDGET_MIN_GAIN over the last checkpoint interval, is retrained
+        with BUDGET_FACTOR times the steps, at most BUDGET_EXTENSIONS times.
         """
         steps = {(r, v): REGIMES[r][2] for r in regimes for v in variants}
         best: dict[tuple[str, str], str] = {}
@@ -519,8 +529,10 @@ class Study:
                            for s in seeds])
             extend = []
             for r, v in pending:
+                means = list(self.curve(r, v, seeds, chosen[v], steps[r, v]).values())
                 best[r, v] = self.budget(r, v, seeds, chosen[v], steps[r, v])[0]
-                if int(best[r, v]) == steps[r, v] and round_ < BUDGET_EXTENSIONS:
+                rising = len(means) > 1 and means[-1] - means[-2] >= BUDGET_MIN_GAIN
+                if int(best[r, v]) == steps[r, v] and rising and round_ < BUDGET_EXTENSIONS:
                     every = REGIMES[r][3]
                     steps[r, v] = int(np.ceil(steps[r, v] * BUDGET_FACTOR / every)) * every
                     extend.append((r, v))
@@ -575,7 +587,8 @@ def _flatten(results: dict, chosen: dict, searches: list, variants: list[str],
                               "tuning_seeds": len(TUNING_SEEDS),
                               "cold_item_percent": COLD_ITEM_PERCENT,
                               "budget_factor": BUDGET_FACTOR,
-                              "budget_extensions": BUDGET_EXTENSIONS}
+                              "budget_extensions": BUDGET_EXTENSIONS,
+                              "budget_min_gain": BUDGET_MIN_GAIN}
     for regime in regimes:
         for name, size in sizes[regime].items():
             out[f"{regime}_{name}_pairs"] = size
@@ -650,8 +663,10 @@ def _markdown(values: dict[str, object]) -> str:
         "ablations of `cfm` included) its alpha (SSL temperature = main temperature), then "
         "its SSL temperature at that alpha. A grid won at an end is extended. The other "
         "regimes reuse these settings and choose only their step budget on their own "
-        "validation split; a variant whose best checkpoint is its last is retrained with "
-        f"{values['budget_factor']}x the steps (at most {values['budget_extensions']} times). "
+        "validation split; a variant whose best checkpoint is its last and whose seed-mean "
+        f"validation Recall@50 still rose by at least {values['budget_min_gain']} over the "
+        f"last checkpoint interval is retrained with {values['budget_factor']}x the steps "
+        f"(at most {values['budget_extensions']} times). "
         "Nothing is chosen on the test split.", "",
         f"CFM groups (MovieLens-1M) by **{measure}**: {values['cfm_groups_ml1m']}. `cfm` masks "
         "the seed + floor(k/2) features, `cfm_balanced` k // 2.", "",
@@ -669,8 +684,9 @@ def _markdown(values: dict[str, object]) -> str:
                   f"Training pairs {values[f'{regime}_train_pairs']}, validation "
                   f"{values[f'{regime}_validation_pairs']}, test {values[f'{regime}_test_pairs']}"
                   f"; starting budget {values[f'{regime}_max_steps']} steps. Steps: the "
-                  "chosen checkpoint of the steps trained (\"(last)\": still improving at the "
-                  "end of the last extension).", "",
+                  "chosen checkpoint of the steps trained (\"(last)\": the best checkpoint is "
+                  "the last one, with a gain over the one before below the extension "
+                  "threshold, or after the last extension).", "",
                   "| method | steps | overall R@10 | overall R@50 | head R@50 | tail R@50 | "
                   "cold R@50 | vs baseline: overall / tail / cold R@50 |",
                   "|---|---|---|---|---|---|---|---|"]
