@@ -24,7 +24,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import RESULTS, run_measured_peak, write_results  # noqa: E402
 from components.join import executor as join_executor  # noqa: E402
 from pipeline import nodes, preflight, records  # noqa: E402
-from pipeline.config import IN_MEMORY_MAX_INPUT_BYTES, PipelineConfig  # noqa: E402
+from pipeline.config import PipelineConfig, local_beam_args  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
 from transforms import features  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
@@ -72,8 +72,9 @@ def _case(label: str, spec_path: str, work: str, beam_args: tuple[str, ...] = ()
         values[f"{label}_step_{node}_s"] = round(end - start, 1)
     values[f"{label}_peak_rss_step"] = next(
         (node for node, (start, end) in times.items() if start <= peak_at <= end), "none")
-    values[f"{label}_beam_mode"] = ("in_memory" if preflight.input_bytes(load_spec(spec_path))
-                                    <= IN_MEMORY_MAX_INPUT_BYTES else "multi_processing")
+    flags = beam_args or local_beam_args(preflight.input_bytes(load_spec(spec_path)))
+    values[f"{label}_beam_mode"] = ("in_memory" if "--direct_running_mode=in_memory" in flags
+                                    else "multi_processing")
     return values
 
 
