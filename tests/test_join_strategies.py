@@ -50,32 +50,39 @@ def _canonical(line: str) -> tuple:
 def _run(spec, catalog, logs, strategy, out_dir):
     """Runs the join; returns (canonical examples, rejects, counts), each sorted."""
     with beam.Pipeline() as p:
-        examples, rejects, counts = ({"logs": p | "L" >> beam.Create(logs),
-                                      "catalog": p | "C" >> beam.Create(catalog)}
-                                     | beam_join.JoinLogsWithCatalog(spec, strategy))
+        examples, rejects, counts, moved = (p | "C" >> beam.Create(catalog)
+                                        | beam_join.JoinLogsWithCatalog(
+                                            beam.Create(logs), spec, strategy))
         for name, pcoll, fn in [
                 ("examples", examples, lambda e: json.dumps([e[0], e[1], e[2].hex()])),
                 ("rejects", rejects, lambda r: json.dumps([r.kind, r.location, r.n_rows])),
-                ("counts", counts, lambda c: json.dumps([c[0].decode(), c[1]]))]:
+                ("counts", counts, lambda c: json.dumps([c[0].decode(), c[1]])),
+                ("moved", moved, json.dumps)]:
             _ = (pcoll | f"Json[{name}]" >> beam.Map(fn)
                  | f"Write[{name}]" >> beam.io.WriteToText(os.path.join(out_dir, name)))
 
     def lines(name):
         return sorted(line for f in glob.glob(os.path.join(out_dir, f"{name}*"))
                       for line in open(f).read().splitlines())
-    return sorted(map(_canonical, lines("examples"))), lines("rejects"), lines("counts")
+    return (sorted(map(_canonical, lines("examples"))), lines("rejects"), lines("counts"),
+            lines("moved"))
 
 
-@pytest.mark.parametrize("seed", [0, 1])
-def test_strategies_give_identical_examples_rejects_and_counts(tiny_root, tmp_path, seed):
-    spec = tiny_spec(tiny_root, head_fraction=0.2)
+@pytest.mark.parametrize("seed,cold_percent", [(0, 0), (1, 0), (2, 20)])
+def test_strategies_give_identical_examples_rejects_and_counts(tiny_root, tmp_path, seed,
+                                                               cold_percent):
+    spec = tiny_spec(tiny_root, head_fraction=0.2, split__cold_item_percent=cold_percent)
     catalog, logs = _random_case(seed)
     shuffle = _run(spec, catalog, logs, beam_join.SHUFFLE, str(tmp_path / "shuffle"))
     side = _run(spec, catalog, logs, beam_join.SIDE_INPUT, str(tmp_path / "side"))
-    examples, rejects, counts = shuffle
+    examples, rejects, counts, moved = shuffle
     # Independent count of what the join must produce: every catalog row once,
     # every log row whose both items are known, one reject per unknown (side, id).
     known = {r["item_id"][0] for r in catalog}
+    held = {i for _, r in logs for i in (r["item"][0], r["seed"][0])
+            if beam_join.held_out(i, cold_percent)}
+    logs = [("eval" if s == "train" and {r["item"][0], r["seed"][0]} & held else s, r)
+            for s, r in logs]
     kept = [(s, r) for s, r in logs if r["item"][0] in known and r["seed"][0] in known]
     unknown = ({("item", r["item"][0]) for _, r in logs if r["item"][0] not in known}
                | {("query", r["seed"][0]) for _, r in logs
@@ -84,6 +91,7 @@ def test_strategies_give_identical_examples_rejects_and_counts(tiny_root, tmp_pa
     assert len(rejects) == len(unknown) > 0
     assert len(counts) == len({r["item"][0] for s, r in kept if s == "train"})
     assert {b for _, b, _ in examples} == {"head", "tail", "cold"}
+    assert (json.loads(moved[0])[1] > 0) == (cold_percent > 0)
     assert side == shuffle
 
 
@@ -93,16 +101,16 @@ def test_unknown_item_error_names_the_id_and_count(tiny_root, strategy):
     logs = [("train", {"seed": [b"a"], "item": [b"zz"], "device": [b"m"], "user": [b"u"]})] * 3
     with pytest.raises(Exception, match=r"item id 'zz' is not in the catalog \(3 log rows\)"):
         with beam.Pipeline() as p:
-            _ = ({"logs": p | "L" >> beam.Create(logs),
-                  "catalog": p | "C" >> beam.Create([{"item_id": [b"a"]}])}
-                 | beam_join.JoinLogsWithCatalog(spec, strategy))
+            _ = (p | "C" >> beam.Create([{"item_id": [b"a"]}])
+                 | beam_join.JoinLogsWithCatalog(beam.Create(logs), spec, strategy))
 
 
 def test_unknown_strategy_is_refused(tiny_root):
     with pytest.raises(ValueError, match="join strategy must be one of"):
         with beam.Pipeline() as p:
-            _ = ({"logs": p | "L" >> beam.Create([]), "catalog": p | "C" >> beam.Create([])}
-                 | beam_join.JoinLogsWithCatalog(tiny_spec(tiny_root), "broadcast"))
+            _ = (p | "C" >> beam.Create([])
+                 | beam_join.JoinLogsWithCatalog(beam.Create([]), tiny_spec(tiny_root),
+                                                 "broadcast"))
 
 
 def _catalog_artifact(n_rows):

@@ -18,8 +18,10 @@ no worker holds the catalog in memory:
    ``item_train_count`` and ``item_bucket`` (head / tail / cold).
 
 ``side_input`` (a catalog that fits in a worker's memory): the catalog's
-parts and the per-item training counts are dict side inputs; the log rows
-are joined where they are read and never shuffled.
+parts and the per-item training counts are dict side inputs. The log rows
+are read twice, never shuffled nor held between steps: once to count the
+training rows per item (and the rows naming unknown items), then again to
+join each row as it is read, with its item's count and bucket.
 
 Both need one ranked list of ``(count, item id)`` over the items seen in
 training for the head boundary (O(#seen items) memory in one worker).
@@ -89,6 +91,8 @@ def catalog_parts(row: Row, spec: DatasetSpec) -> tuple[bytes, Parts]:
 
 
 def _context_part(log: Row, spec: DatasetSpec) -> bytes:
+    if not spec.context_features:
+        return b""
     return row_to_example({features.context_key(f.name): log.get(f.name, [])
                            for f in spec.context_features})
 
@@ -171,25 +175,40 @@ def _count_part(count: int, name: str, is_catalog: bool) -> bytes:
                            features.IS_CATALOG_ROW: [int(is_catalog)]})
 
 
-def lookup_item(split_row: tuple[str, Row], catalog: dict[bytes, Parts],
-                spec: DatasetSpec) -> Iterator[Any]:
-    """Side-input join of one log row: adds ``item_*``, ``context_*`` and ``query_*``.
+def known_train_item(split_row: tuple[str, Row], catalog: dict[bytes, Parts],
+                     spec: DatasetSpec) -> Iterator[Any]:
+    """Counting pass of the side-input join over one log row.
 
-    A row whose engaged (else query) item is not in the catalog goes to the
-    ``unknown`` output as ``((side, item id), 1)``, to be counted per id.
+    Yields the engaged item id of a training row whose engaged and query
+    items are in the catalog; a row naming an unknown item (engaged first)
+    goes to the ``unknown`` output as ``((side, item id), 1)``.
+    """
+    split, log = split_row
+    for side, column in (("item", spec.item_column), ("query", spec.query_item_column)):
+        item_id = _first(log, column)
+        if item_id not in catalog:
+            yield beam.pvalue.TaggedOutput(UNKNOWN_TAG, ((side, item_id), 1))
+            return
+    if split == features.TRAIN_SPLIT:
+        yield _first(log, spec.item_column)
+
+
+def join_row(split_row: tuple[str, Row], catalog: dict[bytes, Parts], counts: dict[bytes, int],
+             boundary: Optional[tuple[int, bytes]], spec: DatasetSpec
+             ) -> Iterator[tuple[str, str, bytes]]:
+    """Joining pass of the side-input join: one log row -> ``(split, bucket, Example)``.
+
+    A row naming an unknown item yields nothing (the counting pass reports it).
     """
     split, log = split_row
     item_id = _first(log, spec.item_column)
     item = catalog.get(item_id)
-    if item is None:
-        yield beam.pvalue.TaggedOutput(UNKNOWN_TAG, (("item", item_id), 1))
+    query = catalog.get(_first(log, spec.query_item_column))
+    if item is None or query is None:
         return
-    query_id = _first(log, spec.query_item_column)
-    query = catalog.get(query_id)
-    if query is None:
-        yield beam.pvalue.TaggedOutput(UNKNOWN_TAG, (("query", query_id), 1))
-        return
-    yield item_id, (split, item[0] + _context_part(log, spec) + query[1])
+    count = counts.get(item_id, 0)
+    yield _finish(split, item[0] + _context_part(log, spec) + query[1], count,
+                  bucket(count, item_id, boundary))
 
 
 def lookup_bucket(keyed: tuple[bytes, tuple[str, bytes]], counts: dict[bytes, int],
@@ -215,17 +234,6 @@ def _shuffle_join(catalog: beam.PCollection, logs: beam.PCollection, spec: Datas
                       REJECT_TAG, main="rows"))
     rejects = (with_item[REJECT_TAG], with_query[REJECT_TAG]) | "Rejects" >> beam.Flatten()
     return with_query.rows, rejects
-
-
-def _side_input_join(catalog: beam.PCollection, logs: beam.PCollection, spec: DatasetSpec
-                     ) -> tuple[beam.PCollection, beam.PCollection]:
-    """Joins 1 and 2 against the catalog as a dict side input; same outputs."""
-    joined = logs | "LookupItems" >> beam.FlatMap(
-        lookup_item, beam.pvalue.AsDict(catalog), spec).with_outputs(UNKNOWN_TAG, main="rows")
-    rejects = (joined[UNKNOWN_TAG]
-               | "CountUnknown" >> beam.CombinePerKey(sum)
-               | "Rejects" >> beam.MapTuple(lambda key, n: _unknown(spec, key[1], key[0], n)))
-    return joined.rows, rejects
 
 
 def held_out(item_id: bytes, percent: int) -> bool:
@@ -270,45 +278,81 @@ def HoldOutColdItems(  # noqa: N802  pylint: disable=invalid-name
     return resplit | "Rows" >> beam.Map(lambda pair: pair[1]), moved
 
 
+def _head_boundary(train_counts: beam.PCollection, spec: DatasetSpec) -> Any:
+    return beam.pvalue.AsSingleton(
+        train_counts
+        | "CountIdPairs" >> beam.Map(lambda kv: (kv[1], kv[0]))
+        | "AllCounts" >> beam.combiners.ToList()
+        | "HeadBoundary" >> beam.Map(head_boundary, spec.head_fraction))
+
+
+def _catalog_rows(catalog: beam.PCollection) -> beam.PCollection:
+    return catalog | "CatalogRows" >> beam.MapTuple(
+        lambda item_id, parts: (item_id, (features.CATALOG_SPLIT, parts[0])))
+
+
+def _shuffle_strategy(catalog: beam.PCollection, logs: beam.PCollection, spec: DatasetSpec
+                      ) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
+    joined, rejects = _shuffle_join(catalog, logs, spec)
+    train_counts = (joined
+                    | "TrainOnly" >> beam.Filter(lambda kv: kv[1][0] == features.TRAIN_SPLIT)
+                    | "TrainItem" >> beam.Map(lambda kv: kv[0])
+                    | "CountPerItem" >> beam.combiners.Count.PerElement())
+    all_rows = (joined, _catalog_rows(catalog)) | "AllRows" >> beam.Flatten()
+    examples = ({"rows": all_rows, "count": train_counts}
+                | "GroupWithCounts" >> beam.CoGroupByKey()
+                | "AttachBucket" >> beam.FlatMap(attach_bucket, _head_boundary(train_counts, spec)))
+    return examples, rejects, train_counts
+
+
+def _side_input_strategy(catalog: beam.PCollection, counted_logs: beam.PCollection,
+                         joined_logs: beam.PCollection, spec: DatasetSpec
+                         ) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
+    by_id = beam.pvalue.AsDict(catalog)
+    known = counted_logs | "KnownTrainItems" >> beam.FlatMap(
+        known_train_item, by_id, spec).with_outputs(UNKNOWN_TAG, main="items")
+    rejects = (known[UNKNOWN_TAG]
+               | "CountUnknown" >> beam.CombinePerKey(sum)
+               | "Rejects" >> beam.MapTuple(lambda key, n: _unknown(spec, key[1], key[0], n)))
+    train_counts = known.items | "CountPerItem" >> beam.combiners.Count.PerElement()
+    counts, boundary = beam.pvalue.AsDict(train_counts), _head_boundary(train_counts, spec)
+    joined = joined_logs | "JoinRows" >> beam.FlatMap(join_row, by_id, counts, boundary, spec)
+    catalog_rows = _catalog_rows(catalog) | "CatalogBuckets" >> beam.Map(
+        lookup_bucket, counts, boundary)
+    examples = (joined, catalog_rows) | "AllRows" >> beam.Flatten()
+    return examples, rejects, train_counts
+
+
 @beam.ptransform_fn
 def JoinLogsWithCatalog(  # noqa: N802  pylint: disable=invalid-name
-    pcolls: dict[str, beam.PCollection], spec: DatasetSpec, strategy: str = SHUFFLE
-) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
-    """Joins ``{'logs': (split, row), 'catalog': row}``.
+    catalog_rows: beam.PCollection, logs: beam.PTransform, spec: DatasetSpec,
+    strategy: str = SHUFFLE
+) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection, beam.PCollection]:
+    """Joins the catalog rows with the log rows ``logs`` reads.
 
     Args:
-      pcolls: the log rows tagged with their split, and the catalog rows.
+      catalog_rows: the catalog rows.
+      logs: a source of ``(split, row)`` log rows (applied to the pipeline;
+        twice by the side-input strategy, so it must read the same rows each
+        time). Rows of held-out items are moved here (:func:`HoldOutColdItems`).
       spec: the dataset spec.
       strategy: ``shuffle`` (any catalog size) or ``side_input`` (the
         catalog and per-item training counts held in each worker's memory).
 
     Returns:
-      ``(examples, rejects, train_counts)``: ``(split, bucket, serialized
-      Example)`` for splits train/eval/catalog, :class:`tables.Reject`
-      records, and ``(item id, training count)``.
+      ``(examples, rejects, train_counts, moved)``: ``(split, bucket,
+      serialized Example)`` for splits train/eval/catalog,
+      :class:`tables.Reject` records, ``(item id, training count)`` and
+      ``[(MOVED_COLD, n)]``.
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"join strategy must be one of {STRATEGIES}, got {strategy!r}.")
-    catalog = pcolls["catalog"] | "CatalogParts" >> beam.Map(catalog_parts, spec)
-    join = _side_input_join if strategy == SIDE_INPUT else _shuffle_join
-    joined, rejects = join(catalog, pcolls["logs"], spec)
-    train_counts = (joined
-                    | "TrainOnly" >> beam.Filter(lambda kv: kv[1][0] == features.TRAIN_SPLIT)
-                    | "TrainItem" >> beam.Map(lambda kv: kv[0])
-                    | "CountPerItem" >> beam.combiners.Count.PerElement())
-    boundary = beam.pvalue.AsSingleton(
-        train_counts
-        | "CountIdPairs" >> beam.Map(lambda kv: (kv[1], kv[0]))
-        | "AllCounts" >> beam.combiners.ToList()
-        | "HeadBoundary" >> beam.Map(head_boundary, spec.head_fraction))
-    catalog_rows = catalog | "CatalogRows" >> beam.MapTuple(
-        lambda item_id, parts: (item_id, (features.CATALOG_SPLIT, parts[0])))
-    all_rows = (joined, catalog_rows) | "AllRows" >> beam.Flatten()
-    if strategy == SIDE_INPUT:
-        examples = all_rows | "LookupBucket" >> beam.Map(
-            lookup_bucket, beam.pvalue.AsDict(train_counts), boundary)
-    else:
-        examples = ({"rows": all_rows, "count": train_counts}
-                    | "GroupWithCounts" >> beam.CoGroupByKey()
-                    | "AttachBucket" >> beam.FlatMap(attach_bucket, boundary))
-    return examples, rejects, train_counts
+    catalog = catalog_rows | "CatalogParts" >> beam.Map(catalog_parts, spec)
+    pipeline = catalog_rows.pipeline
+    counted, moved = pipeline | "ReadLogs" >> logs | "HoldOutColdItems" >> HoldOutColdItems(spec)
+    if strategy == SHUFFLE:
+        return (*_shuffle_strategy(catalog, counted, spec), moved)
+    joined = pipeline | "ReadLogsAgain" >> logs
+    if spec.cold_item_percent > 0:
+        joined = joined | "HoldOutAgain" >> beam.Map(hold_out, spec)
+    return (*_side_input_strategy(catalog, counted, joined, spec), moved)

@@ -12,6 +12,7 @@ from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 from tfx.utils import io_utils
 
+from components import tfrecords
 from components.ingest import executor as ingest_executor
 from components.join import anomalies, beam_join
 from transforms import features, tables
@@ -31,15 +32,25 @@ SUMMARY_FILE = "summary.json"
 SCHEMA_FILE = "schema.pbtxt"
 
 
-def _read_split(pipeline: beam.Pipeline, artifact: Any, split: str, label: str,
-                tag: bool = False) -> beam.PCollection:
-    """The rows of one split; ``(split, row)`` pairs with ``tag``."""
-    pattern = os.path.join(artifact_utils.get_split_uri([artifact], split), "*")
-    parse = ((lambda b: (split, beam_join.example_to_row(b))) if tag
-             else beam_join.example_to_row)
-    return (pipeline
-            | f"Read[{label}]" >> beam.io.ReadFromTFRecord(pattern)
-            | f"Parse[{label}]" >> beam.Map(parse))
+def _split_files(artifact: Any, split: str) -> list[str]:
+    return tfrecords.split_files(artifact_utils.get_split_uri([artifact], split))
+
+
+def _tagged_rows(split_path: tuple[str, str]) -> Iterator[tuple[str, beam_join.Row]]:
+    split, path = split_path
+    for record in tfrecords.read_file(path):
+        yield split, beam_join.example_to_row(record)
+
+
+@beam.ptransform_fn
+def _ReadLogs(  # noqa: N802  pylint: disable=invalid-name
+    pbegin: beam.pvalue.PBegin, files: list[tuple[str, str]]
+) -> beam.PCollection:
+    """``(split, row)`` of every ``(split, path)`` file, one file per element."""
+    return (pbegin
+            | "Files" >> beam.Create(files)
+            | "Spread" >> beam.Reshuffle()
+            | "Read" >> beam.FlatMap(_tagged_rows))
 
 
 class _BySplit(beam.DoFn):
@@ -111,18 +122,17 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         examples.split_names = artifact_utils.encode_split_names(list(features.JOINED_SPLITS))
         report_dir = os.path.join(examples.uri, REPORT_DIR)
         strategy = choose_strategy(catalog, int(exec_properties[SIDE_INPUT_MAX_ITEMS_KEY]))
+        log_files = [(split, path)
+                     for logs in sorted(input_dict[LOGS_KEY], key=lambda a: a.span)
+                     for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT)
+                     for path in _split_files(logs, split)]
         with self._make_beam_pipeline() as pipeline:
-            log_rows = []
-            for i, logs in enumerate(sorted(input_dict[LOGS_KEY], key=lambda a: a.span)):
-                for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT):
-                    log_rows.append(_read_split(pipeline, logs, split, f"logs{i}-{split}",
-                                                tag=True))
-            logs, moved = (log_rows | "AllLogs" >> beam.Flatten()
-                           | "HoldOutColdItems" >> beam_join.HoldOutColdItems(spec))
-            joined, rejects, _ = ({
-                "logs": logs,
-                "catalog": _read_split(pipeline, catalog, features.CATALOG_SPLIT, "catalog"),
-            } | "Join" >> beam_join.JoinLogsWithCatalog(spec, strategy))
+            catalog_rows = (pipeline
+                            | "ReadCatalog" >> tfrecords.ReadRecords(
+                                _split_files(catalog, features.CATALOG_SPLIT))
+                            | "ParseCatalog" >> beam.Map(beam_join.example_to_row))
+            joined, rejects, _, moved = catalog_rows | "Join" >> beam_join.JoinLogsWithCatalog(
+                _ReadLogs(log_files), spec, strategy)
             by_split = joined | "BySplit" >> beam.ParDo(_BySplit()).with_outputs(
                 *features.JOINED_SPLITS)
             for split in features.JOINED_SPLITS:
