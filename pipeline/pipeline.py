@@ -78,13 +78,16 @@ def data_components(config: PipelineConfig) -> list[Any]:
     analyze = [features.CATALOG_SPLIT]
     if spec.context_features:
         analyze.append(features.TRAIN_SPLIT)
+    # Transform analyzes only: Trainers apply its graph to the joined rows as
+    # they read them, as the serving export does (no transformed copy of every
+    # row is written), and the inputs' statistics come from the checks above.
     transform = tfx.components.Transform(
         examples=join.outputs["examples"],
         schema=join.outputs["schema"],
         preprocessing_fn=PREPROCESSING_FN,
-        splits_config=transform_pb2.SplitsConfig(
-            analyze=analyze, transform=list(features.JOINED_SPLITS)),
-        custom_config=preprocessing.custom_config(spec)).with_id(nodes.TRANSFORM)
+        splits_config=transform_pb2.SplitsConfig(analyze=analyze),
+        custom_config=preprocessing.custom_config(spec),
+        materialize=False, disable_statistics=True).with_id(nodes.TRANSFORM)
     correlation = FeatureCorrelation(
         spec, examples=join.outputs["examples"], settings=config.correlation
     ).with_id(nodes.CORRELATION)
@@ -93,12 +96,16 @@ def data_components(config: PipelineConfig) -> list[Any]:
             correlation]
 
 
-def trainers(config: PipelineConfig, transform: Any, correlation: Any) -> list[Any]:
-    """One SslTrainer per configured variant; the first one is ``Trainer``."""
+def trainers(config: PipelineConfig, join: Any, transform: Any, correlation: Any) -> list[Any]:
+    """One SslTrainer per configured variant; the first one is ``Trainer``.
+
+    Trainers read the joined examples and apply Transform's graph as they
+    read (Transform writes no transformed copy of the rows).
+    """
     out = []
     for i, variant in enumerate(config.train_variants):
         trainer = SslTrainer(
-            examples=transform.outputs["transformed_examples"],
+            examples=join.outputs["examples"],
             transform_graph=transform.outputs["transform_graph"],
             correlation=correlation.outputs["correlation"],
             spec=config.spec, hparams=config.trainer_hparams(variant))
@@ -163,7 +170,8 @@ def serving_components(config: PipelineConfig, join: Any, trainer: Any) -> list[
 def _all_components(config: PipelineConfig) -> list[Any]:
     data = data_components(config)
     by_id = {c.id: c for c in data}
-    trained = trainers(config, by_id[nodes.TRANSFORM], by_id[nodes.CORRELATION])
+    trained = trainers(config, by_id[nodes.JOIN], by_id[nodes.TRANSFORM],
+                       by_id[nodes.CORRELATION])
     if not trained:
         return data
     return data + trained + serving_components(config, by_id[nodes.JOIN], trained[0])

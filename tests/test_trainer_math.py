@@ -121,7 +121,9 @@ def test_main_stream_follows_the_logs(tmp_path):
             ex = tf.train.Example()
             ex.features.feature["item_id"].int64_list.value.append(int(item))
             w.write(ex.SerializeToString())
-    stream = data.main_stream(str(tmp_path), {"item_id": tf.io.VarLenFeature(tf.int64)}, 100, 0)
+    spec = {"item_id": tf.io.VarLenFeature(tf.int64)}
+    stream = data.main_stream(str(tmp_path), lambda x: data.to_ragged(tf.io.parse_example(x, spec)),
+                              100, 0)
     seen = np.concatenate([b["item_id"].flat_values.numpy() for b in stream.take(100)])
     expected = np.bincount(items, minlength=20) / len(items) * len(seen)
     assert stats.chisquare(np.bincount(seen, minlength=20), expected).pvalue > 1e-3

@@ -36,21 +36,22 @@ def _split_files(artifact: Any, split: str) -> list[str]:
     return tfrecords.split_files(artifact_utils.get_split_uri([artifact], split))
 
 
-def _tagged_rows(split_path: tuple[str, str]) -> Iterator[tuple[str, beam_join.Row]]:
+def _tagged_rows(split_path: tuple[str, str], columns: tuple[str, ...]
+                 ) -> Iterator[tuple[str, beam_join.Row]]:
     split, path = split_path
     for record in tfrecords.read_file(path):
-        yield split, beam_join.example_to_row(record)
+        yield split, beam_join.example_to_row(record, columns)
 
 
 @beam.ptransform_fn
 def _ReadLogs(  # noqa: N802  pylint: disable=invalid-name
-    pbegin: beam.pvalue.PBegin, files: list[tuple[str, str]]
+    pbegin: beam.pvalue.PBegin, files: list[tuple[str, str]], columns: tuple[str, ...]
 ) -> beam.PCollection:
-    """``(split, row)`` of every ``(split, path)`` file, one file per element."""
+    """``(split, row)`` of every ``(split, path)`` file (one file per element), ``columns`` only."""
     return (pbegin
             | "Files" >> beam.Create(files)
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.FlatMap(_tagged_rows))
+            | "Read" >> beam.FlatMap(_tagged_rows, columns))
 
 
 class _BySplit(beam.DoFn):
@@ -132,7 +133,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                                 _split_files(catalog, features.CATALOG_SPLIT))
                             | "ParseCatalog" >> beam.Map(beam_join.example_to_row))
             joined, rejects, _, moved = catalog_rows | "Join" >> beam_join.JoinLogsWithCatalog(
-                _ReadLogs(log_files), spec, strategy)
+                _ReadLogs(log_files, spec.log_columns()), spec, strategy)
             by_split = joined | "BySplit" >> beam.ParDo(_BySplit()).with_outputs(
                 *features.JOINED_SPLITS)
             for split in features.JOINED_SPLITS:

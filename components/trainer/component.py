@@ -67,7 +67,7 @@ class Executor(trainer_executor.GenericExecutor):
         fn_args.catalog_dir = artifact_utils.get_split_uri(examples, features.CATALOG_SPLIT)
         if not os.path.isdir(fn_args.catalog_dir) and "://" not in fn_args.catalog_dir:
             raise ValueError(f"the Trainer's examples have no '{features.CATALOG_SPLIT}' split "
-                             f"({fn_args.catalog_dir}); pass Transform's transformed_examples.")
+                             f"({fn_args.catalog_dir}); pass JoinExamples' examples.")
         return fn_args
 
 
@@ -83,7 +83,8 @@ class SslTrainer(base_component.BaseComponent):
         """Builds the component.
 
         Args:
-          examples: Transform's transformed examples (splits train, eval, catalog).
+          examples: the joined examples (splits train, eval, catalog), raw: the
+            Trainer applies ``transform_graph`` as it reads them.
           transform_graph: Transform's graph.
           spec: the dataset spec.
           hparams: the validated hyper-parameters (``train_steps`` is also

@@ -1,29 +1,37 @@
 """The Trainer's two input streams.
 
-* **Main stream:** transformed training pairs, shuffled with a seed and
-  repeated, so batches follow the logs' (power-law) item distribution.
+* **Main stream:** training pairs, shuffled with a seed and repeated, so
+  batches follow the logs' (power-law) item distribution.
 * **SSL stream:** catalog items drawn **uniformly with replacement** from the
   whole catalog, tail and never-seen items included: the catalog split is
   held as ragged id tensors and each batch gathers stateless-uniform random
   rows (seeded by (seed, batch index)).
 
-Variable-length id features arrive as ``tf.RaggedTensor`` [N, None] int64.
+Both read the joined (raw) Examples and apply the Transform graph to each
+batch as it is read (:func:`transformed_decoder`): Transform analyzes but
+does not write a transformed copy of every row, and the graph applied here
+is the one the serving export runs. Variable-length id features arrive as
+``tf.RaggedTensor`` [N, None] int64.
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Callable, Mapping
 
 import tensorflow as tf
+import tensorflow_transform as tft
 
 from transforms import features
+
+#: Serialized Examples [N] -> features.
+Decoder = Callable[[tf.Tensor], dict[str, tf.Tensor]]
 
 
 def _files(split_dir: str) -> list[str]:
     files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
     if not files:
-        raise ValueError(f"no transformed examples in {split_dir}; did Transform run?")
+        raise ValueError(f"no examples in {split_dir}; did JoinExamples run?")
     return files
 
 
@@ -38,26 +46,40 @@ def to_ragged(parsed: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
     return out
 
 
-def main_stream(split_dir: str, feature_spec: Mapping[str, tf.io.FixedLenFeature],
-                batch_size: int, seed: int, shuffle_buffer: int = 100_000) -> tf.data.Dataset:
-    """Endless shuffled batches of transformed training pairs."""
-    spec = {k: v for k, v in feature_spec.items() if k != features.ITEM_BUCKET}
+def transformed_decoder(tf_transform_output: tft.TFTransformOutput) -> Decoder:
+    """Serialized joined Examples [N] -> their transformed features, ragged.
+
+    Parses with the raw feature spec and applies the Transform graph (the
+    ``item_bucket`` slice label is dropped: no model input).
+    """
+    raw_spec = tf_transform_output.raw_feature_spec()
+    layer = tf_transform_output.transform_features_layer()
+
+    def decode(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
+        out = to_ragged(layer(tf.io.parse_example(serialized, raw_spec)))
+        out.pop(features.ITEM_BUCKET, None)
+        return out
+
+    return decode
+
+
+def main_stream(split_dir: str, decode: Decoder, batch_size: int, seed: int,
+                shuffle_buffer: int = 100_000) -> tf.data.Dataset:
+    """Endless shuffled batches of training pairs, decoded by ``decode``."""
     return (tf.data.TFRecordDataset(_files(split_dir), compression_type="GZIP")
             .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
             .repeat()
             .batch(batch_size, drop_remainder=True)
-            .map(lambda x: to_ragged(tf.io.parse_example(x, spec)),
-                 num_parallel_calls=tf.data.AUTOTUNE))
+            .map(decode, num_parallel_calls=tf.data.AUTOTUNE))
 
 
-def load_catalog(split_dir: str, feature_spec: Mapping[str, tf.io.FixedLenFeature],
-                 item_keys: list[str]) -> dict[str, tf.RaggedTensor]:
-    """Every catalog item's transformed ``item_*`` features, as ragged tensors."""
-    spec = {k: feature_spec[k] for k in item_keys}
+def load_catalog(split_dir: str, decode: Decoder, item_keys: list[str]
+                 ) -> dict[str, tf.RaggedTensor]:
+    """Every catalog item's ``item_keys`` features (decoded by ``decode``), as ragged tensors."""
     records = tf.data.TFRecordDataset(_files(split_dir), compression_type="GZIP")
     parts: dict[str, list[tf.RaggedTensor]] = {k: [] for k in item_keys}
     for batch in records.batch(65536):
-        parsed = to_ragged(tf.io.parse_example(batch, spec))
+        parsed = decode(batch)
         for k in item_keys:
             parts[k].append(parsed[k])
     return {k: tf.concat(v, axis=0) for k, v in parts.items()}

@@ -93,12 +93,12 @@ def training_input(spec: DatasetSpec, hp: hparams_lib.HParams,
 
     The counts are None unless the variant draws uniform catalog batches.
     """
-    feature_spec = tf_transform_output.transformed_feature_spec()
-    main = data.main_stream(train_dir, feature_spec, hp.batch_size, hp.seed, shuffle_buffer)
+    decode = data.transformed_decoder(tf_transform_output)
+    main = data.main_stream(train_dir, decode, hp.batch_size, hp.seed, shuffle_buffer)
     if not hp.flags.needs_catalog:
         return data.training_stream(main, None), None
     keys = [features.item_key(f.name) for f in spec.item_features]
-    catalog = data.load_catalog(catalog_dir, feature_spec, [*keys, features.ITEM_TRAIN_COUNT])
+    catalog = data.load_catalog(catalog_dir, decode, [*keys, features.ITEM_TRAIN_COUNT])
     counts = catalog[features.ITEM_TRAIN_COUNT]      # dense [N, 1]
     sampling = Sampling(train_pairs=float(tf.reduce_sum(counts)), n_items=float(counts.shape[0]))
     ssl = data.ssl_stream(catalog, hp.ssl_batch_size, hp.seed)
