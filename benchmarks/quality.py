@@ -1,7 +1,7 @@
 """Quality study: every Trainer variant, tuned alike, on five data regimes.
 
-Reuses finished pipeline runs (Transform output and FeatureCorrelation
-artefact) and trains with the Trainer's own code
+Reuses finished pipeline runs (joined examples, Transform graph and
+FeatureCorrelation artefact) and trains with the Trainer's own code
 (``components.trainer.run.train``), one model after another in this
 process. Missing runs are prepared first with the project's CLI (see
 ``DATASETS``).
@@ -171,10 +171,13 @@ def _write(records: np.ndarray, folder: str) -> str:
     return folder
 
 
-def _parse(records: np.ndarray, feature_spec: dict) -> tuple[dict[str, tf.Tensor], np.ndarray]:
+def _parse(records: np.ndarray, tft_out: tft.TFTransformOutput
+           ) -> tuple[dict[str, tf.Tensor], np.ndarray]:
     """Transformed features (ragged ids) and each row's item bucket."""
-    parsed = data.to_ragged(tf.io.parse_example(tf.constant(list(records)), feature_spec))
-    bucket = parsed.pop(features.ITEM_BUCKET)
+    serialized = tf.constant(list(records))
+    parsed = data.transformed_decoder(tft_out)(serialized)
+    bucket_spec = {features.ITEM_BUCKET: tft_out.raw_feature_spec()[features.ITEM_BUCKET]}
+    bucket = data.to_ragged(tf.io.parse_example(serialized, bucket_spec))[features.ITEM_BUCKET]
     if isinstance(bucket, tf.RaggedTensor):
         bucket = bucket.to_tensor(default_value=b"")
     return parsed, np.array([b.decode() for b in tf.reshape(bucket, [-1]).numpy()])
@@ -191,9 +194,9 @@ class Evaluation:
     """Queries of one split and the catalog, parsed once, scored per model."""
 
     def __init__(self, records: np.ndarray, catalog: dict, catalog_ids: np.ndarray,
-                 feature_spec: dict, spec) -> None:
+                 tft_out: tft.TFTransformOutput, spec) -> None:
         self.catalog = catalog
-        self.queries, self.bucket = _parse(records, feature_spec)
+        self.queries, self.bucket = _parse(records, tft_out)
         column = {int(v): i for i, v in enumerate(catalog_ids)}
         self.positive = np.array([column[int(v)] for v in
                                   _id_index(self.queries, features.item_key(spec.item_id))])
@@ -238,7 +241,7 @@ class Regime:
         dataset, share, self.max_steps, self.every = REGIMES[name]
         root, spec_path, _ = DATASETS[dataset]
         self.name, self.spec = name, load_spec(spec_path)
-        examples = latest_artifact(root, nodes.TRANSFORM, "transformed_examples")
+        examples = latest_artifact(root, nodes.JOIN, "examples")
         self.transform_dir = latest_artifact(root, nodes.TRANSFORM, "transform_graph")
         self.catalog_dir = features.split_dir(examples, features.CATALOG_SPLIT)
         self.correlation = correlation_report.read(
@@ -253,13 +256,13 @@ class Regime:
         is_val = np.zeros(len(kept), bool)
         is_val[rng.permutation(len(kept))[: int(round(VALIDATION_SHARE * len(kept)))]] = True
         self.sizes = {"train": int((~is_val).sum()), "validation": int(is_val.sum())}
-        self.train_dir = _write(kept[~is_val], os.path.join(work, f"{name}-train"))
-        feature_spec = tft.TFTransformOutput(self.transform_dir).transformed_feature_spec()
-        catalog, _ = _parse(_records(self.catalog_dir), feature_spec)
+        self.train_dir = _write(kept[~is_val], os.path.join(work, f"{name}-train-joined"))
+        tft_out = tft.TFTransformOutput(self.transform_dir)
+        catalog, _ = _parse(_records(self.catalog_dir), tft_out)
         ids = _id_index(catalog, features.item_key(self.spec.item_id))
-        self.validation = Evaluation(kept[is_val], catalog, ids, feature_spec, self.spec)
+        self.validation = Evaluation(kept[is_val], catalog, ids, tft_out, self.spec)
         self.test = Evaluation(_records(features.split_dir(examples, features.EVAL_SPLIT)),
-                               catalog, ids, feature_spec, self.spec)
+                               catalog, ids, tft_out, self.spec)
         self.sizes["test"] = len(self.test.positive)
 
 

@@ -68,7 +68,7 @@ def main() -> None:
     parser.add_argument("--batch", type=int, default=512)
     args = parser.parse_args()
     spec = load_spec(args.dataset)
-    examples = latest_artifact(args.run_root, nodes.TRANSFORM, "transformed_examples")
+    examples = latest_artifact(args.run_root, nodes.JOIN, "examples")
     dirs = {"transform": latest_artifact(args.run_root, nodes.TRANSFORM, "transform_graph"),
             "train": features.split_dir(examples, features.TRAIN_SPLIT),
             "catalog": features.split_dir(examples, features.CATALOG_SPLIT)}

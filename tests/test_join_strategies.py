@@ -50,9 +50,8 @@ def _canonical(line: str) -> tuple:
 def _run(spec, catalog, logs, strategy, out_dir):
     """Runs the join; returns (canonical examples, rejects, counts), each sorted."""
     with beam.Pipeline() as p:
-        examples, rejects, counts, moved = (p | "C" >> beam.Create(catalog)
-                                        | beam_join.JoinLogsWithCatalog(
-                                            beam.Create(logs), spec, strategy))
+        examples, rejects, counts, moved = (p | beam_join.JoinLogsWithCatalog(
+            beam.Create(catalog), beam.Create(logs), spec, strategy))
         for name, pcoll, fn in [
                 ("examples", examples, lambda e: json.dumps([e[0], e[1], e[2].hex()])),
                 ("rejects", rejects, lambda r: json.dumps([r.kind, r.location, r.n_rows])),
@@ -101,16 +100,15 @@ def test_unknown_item_error_names_the_id_and_count(tiny_root, strategy):
     logs = [("train", {"seed": [b"a"], "item": [b"zz"], "device": [b"m"], "user": [b"u"]})] * 3
     with pytest.raises(Exception, match=r"item id 'zz' is not in the catalog \(3 log rows\)"):
         with beam.Pipeline() as p:
-            _ = (p | "C" >> beam.Create([{"item_id": [b"a"]}])
-                 | beam_join.JoinLogsWithCatalog(beam.Create(logs), spec, strategy))
+            _ = p | beam_join.JoinLogsWithCatalog(
+                beam.Create([{"item_id": [b"a"]}]), beam.Create(logs), spec, strategy)
 
 
 def test_unknown_strategy_is_refused(tiny_root):
     with pytest.raises(ValueError, match="join strategy must be one of"):
         with beam.Pipeline() as p:
-            _ = (p | "C" >> beam.Create([])
-                 | beam_join.JoinLogsWithCatalog(beam.Create([]), tiny_spec(tiny_root),
-                                                 "broadcast"))
+            _ = p | beam_join.JoinLogsWithCatalog(
+                beam.Create([]), beam.Create([]), tiny_spec(tiny_root), "broadcast")
 
 
 def _catalog_artifact(n_rows):

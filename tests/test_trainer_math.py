@@ -322,3 +322,43 @@ def test_trainer_custom_config_round_trip(tiny_root):
     assert component.read_custom_config(config) == (hp, spec)
     with pytest.raises(ValueError, match="has no 'dataset_spec'"):
         component.read_custom_config({"hparams": {}})
+
+
+def test_trainer_decoder_equals_tft_beam_transform(tiny_root):
+    """The Trainer's read-time transform gives what TFT's own Beam transform writes."""
+    import tempfile
+
+    import tensorflow_transform as tft
+    import tensorflow_transform.beam as tft_beam
+    from tensorflow_transform.tf_metadata import dataset_metadata
+
+    from tests.conftest import catalog_row, log_row, tiny_spec
+    from transforms import preprocessing
+    from transforms.schema import joined_schema
+
+    spec = tiny_spec(tiny_root)
+    rows = [catalog_row(b"a", [b"x", b"y"], [b"1990"]), catalog_row(b"b", [b"y"], []),
+            catalog_row(b"c", [], [b"2000"]),
+            log_row(b"a", b"b", [b"y", b"unseen"], [b"mobile"]),   # an OOV genre value
+            log_row(b"zz", b"c", [], [])]                           # an unknown id, no values
+    schema = joined_schema(spec)
+    metadata = dataset_metadata.DatasetMetadata(schema)
+    folder = tempfile.mkdtemp()
+    with tft_beam.Context(temp_dir=tempfile.mkdtemp()):
+        (expected, _), transform_fn = ((rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
+            lambda x: preprocessing.preprocessing_fn(x, preprocessing.custom_config(spec))))
+        _ = transform_fn | tft_beam.WriteTransformFn(folder)
+    coder = tft.coders.ExampleProtoCoder(schema)
+    tft_out = tft.TFTransformOutput(folder)
+    decoded = data.transformed_decoder(tft_out)(
+        tf.constant([coder.encode(r) for r in rows]))
+    assert features.ITEM_BUCKET not in decoded
+    assert set(decoded) == set(expected[0]) - {features.ITEM_BUCKET}
+    for key, value in decoded.items():
+        got = value.to_list() if isinstance(value, tf.RaggedTensor) else value.numpy().tolist()
+        assert [np.ravel(e[key]).tolist() for e in expected] == [np.ravel(g).tolist()
+                                                                for g in got], key
+    # The oracle itself: catalog genres {x, y} get ids 0 and 1, an unseen value the OOV id 2.
+    assert tft_out.vocabulary_size_by_name(features.vocabulary_name("genre")) == 2
+    assert sorted(np.ravel(expected[0]["item_genre"]).tolist()) == [0, 1]
+    assert np.ravel(expected[3]["item_genre"]).tolist()[1] == 2

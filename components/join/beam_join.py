@@ -180,7 +180,7 @@ def _count_part(count: int, name: str, is_catalog: bool) -> bytes:
                            features.IS_CATALOG_ROW: [int(is_catalog)]})
 
 
-def known_train_item(split_row: tuple[str, Row], catalog: dict[bytes, Parts],
+def known_train_item(split_row: tuple[str, Row], catalog: dict[bytes, Any],
                      spec: DatasetSpec) -> Iterator[Any]:
     """Counting pass of the side-input join over one log row.
 
@@ -198,22 +198,48 @@ def known_train_item(split_row: tuple[str, Row], catalog: dict[bytes, Parts],
         yield _first(log, spec.item_column)
 
 
-def join_row(split_row: tuple[str, Row], catalog: dict[bytes, Parts], counts: dict[bytes, int],
-             boundary: Optional[tuple[int, bytes]], spec: DatasetSpec
-             ) -> Iterator[tuple[str, str, bytes]]:
+def query_part(item_part: bytes, spec: DatasetSpec) -> bytes:
+    """The ``query_*`` part of an item, from its serialized ``item_*`` part.
+
+    Equal to :func:`catalog_parts`' second part: the same values under the
+    query keys, serialized the same way.
+    """
+    feature = tf.train.Example.FromString(item_part).features.feature
+    return row_to_example({
+        features.query_key(n): list(feature[features.item_key(n)].bytes_list.value)
+        for n in spec.query_item_features})
+
+
+class _JoinRows(beam.DoFn):
     """Joining pass of the side-input join: one log row -> ``(split, bucket, Example)``.
 
-    A row naming an unknown item yields nothing (the counting pass reports it).
+    Side inputs: the items' ``item_*`` parts, the training counts and the head
+    boundary. A row naming an unknown item yields nothing (the counting pass
+    reports it). Query parts are derived per query item and kept in a
+    bounded cache (queries follow the logs' power law).
     """
-    split, log = split_row
-    item_id = _first(log, spec.item_column)
-    item = catalog.get(item_id)
-    query = catalog.get(_first(log, spec.query_item_column))
-    if item is None or query is None:
-        return
-    count = counts.get(item_id, 0)
-    yield _finish(split, item[0] + _context_part(log, spec) + query[1], count,
-                  bucket(count, item_id, boundary))
+
+    def __init__(self, spec: DatasetSpec) -> None:
+        self.spec = spec
+
+    def setup(self) -> None:
+        self.query_part = functools.lru_cache(maxsize=1 << 16)(self._query_part)
+
+    def _query_part(self, query_id: bytes, item_part: bytes) -> bytes:
+        return query_part(item_part, self.spec)
+
+    def process(self, split_row: tuple[str, Row], item_parts: dict[bytes, bytes],
+                counts: dict[bytes, int], boundary: Optional[tuple[int, bytes]]
+                ) -> Iterator[tuple[str, str, bytes]]:
+        split, log = split_row
+        item_id = _first(log, self.spec.item_column)
+        query_id = _first(log, self.spec.query_item_column)
+        item, query = item_parts.get(item_id), item_parts.get(query_id)
+        if item is None or query is None:
+            return
+        count = counts.get(item_id, 0)
+        payload = item + _context_part(log, self.spec) + self.query_part(query_id, query)
+        yield _finish(split, payload, count, bucket(count, item_id, boundary))
 
 
 def lookup_bucket(keyed: tuple[bytes, tuple[str, bytes]], counts: dict[bytes, int],
@@ -310,19 +336,25 @@ def _shuffle_strategy(catalog: beam.PCollection, logs: beam.PCollection, spec: D
     return examples, rejects, train_counts
 
 
-def _side_input_strategy(catalog: beam.PCollection, counted_logs: beam.PCollection,
-                         joined_logs: beam.PCollection, spec: DatasetSpec
+def _side_input_strategy(catalog: beam.PCollection, catalog_again: beam.PCollection,
+                         counted_logs: beam.PCollection, joined_logs: beam.PCollection,
+                         spec: DatasetSpec
                          ) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
-    by_id = beam.pvalue.AsDict(catalog)
+    # Each side input is a dict in every worker: the counting pass only tests
+    # membership (ids alone); the joining pass holds each item's item_* part
+    # only (the query_* part is derived from it, see :class:`QueryParts`).
+    ids = beam.pvalue.AsDict(catalog | "CatalogIds" >> beam.Map(lambda kv: (kv[0], None)))
     known = counted_logs | "KnownTrainItems" >> beam.FlatMap(
-        known_train_item, by_id, spec).with_outputs(UNKNOWN_TAG, main="items")
+        known_train_item, ids, spec).with_outputs(UNKNOWN_TAG, main="items")
     rejects = (known[UNKNOWN_TAG]
                | "CountUnknown" >> beam.CombinePerKey(sum)
                | "Rejects" >> beam.MapTuple(lambda key, n: _unknown(spec, key[1], key[0], n)))
     train_counts = known.items | "CountPerItem" >> beam.combiners.Count.PerElement()
     counts, boundary = beam.pvalue.AsDict(train_counts), _head_boundary(train_counts, spec)
-    joined = joined_logs | "JoinRows" >> beam.FlatMap(join_row, by_id, counts, boundary, spec)
-    catalog_rows = _catalog_rows(catalog) | "CatalogBuckets" >> beam.Map(
+    item_parts = beam.pvalue.AsDict(catalog | "ItemParts" >> beam.Map(lambda kv: (kv[0], kv[1][0])))
+    joined = joined_logs | "JoinRows" >> beam.ParDo(
+        _JoinRows(spec), item_parts, counts, boundary)
+    catalog_rows = _catalog_rows(catalog_again) | "CatalogBuckets" >> beam.Map(
         lookup_bucket, counts, boundary)
     examples = (joined, catalog_rows) | "AllRows" >> beam.Flatten()
     return examples, rejects, train_counts
@@ -330,16 +362,20 @@ def _side_input_strategy(catalog: beam.PCollection, counted_logs: beam.PCollecti
 
 @beam.ptransform_fn
 def JoinLogsWithCatalog(  # noqa: N802  pylint: disable=invalid-name
-    catalog_rows: beam.PCollection, logs: beam.PTransform, spec: DatasetSpec,
-    strategy: str = SHUFFLE
+    pbegin: beam.pvalue.PBegin, catalog: beam.PTransform, logs: beam.PTransform,
+    spec: DatasetSpec, strategy: str = SHUFFLE
 ) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection, beam.PCollection]:
-    """Joins the catalog rows with the log rows ``logs`` reads.
+    """Joins the catalog rows ``catalog`` reads with the log rows ``logs`` reads.
+
+    The side-input strategy applies both sources twice (they must read the
+    same rows each time): rows are re-read rather than held between a count
+    and the step that needs it.
 
     Args:
-      catalog_rows: the catalog rows.
-      logs: a source of ``(split, row)`` log rows (applied to the pipeline;
-        twice by the side-input strategy, so it must read the same rows each
-        time). Rows of held-out items are moved here (:func:`HoldOutColdItems`).
+      pbegin: the pipeline.
+      catalog: a source of catalog rows.
+      logs: a source of ``(split, row)`` log rows. Rows of held-out items are
+        moved here (:func:`HoldOutColdItems`).
       spec: the dataset spec.
       strategy: ``shuffle`` (any catalog size) or ``side_input`` (the
         catalog and per-item training counts held in each worker's memory).
@@ -352,12 +388,13 @@ def JoinLogsWithCatalog(  # noqa: N802  pylint: disable=invalid-name
     """
     if strategy not in STRATEGIES:
         raise ValueError(f"join strategy must be one of {STRATEGIES}, got {strategy!r}.")
-    catalog = catalog_rows | "CatalogParts" >> beam.Map(catalog_parts, spec)
-    pipeline = catalog_rows.pipeline
-    counted, moved = pipeline | "ReadLogs" >> logs | "HoldOutColdItems" >> HoldOutColdItems(spec)
+    parts = pbegin | "ReadCatalog" >> catalog | "CatalogParts" >> beam.Map(catalog_parts, spec)
+    counted, moved = pbegin | "ReadLogs" >> logs | "HoldOutColdItems" >> HoldOutColdItems(spec)
     if strategy == SHUFFLE:
-        return (*_shuffle_strategy(catalog, counted, spec), moved)
-    joined = pipeline | "ReadLogsAgain" >> logs
+        return (*_shuffle_strategy(parts, counted, spec), moved)
+    parts_again = (pbegin | "ReadCatalogAgain" >> catalog
+                   | "CatalogPartsAgain" >> beam.Map(catalog_parts, spec))
+    joined = pbegin | "ReadLogsAgain" >> logs
     if spec.cold_item_percent > 0:
         joined = joined | "HoldOutAgain" >> beam.Map(hold_out, spec)
-    return (*_side_input_strategy(catalog, counted, joined, spec), moved)
+    return (*_side_input_strategy(parts, parts_again, counted, joined, spec), moved)

@@ -128,12 +128,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                      for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT)
                      for path in _split_files(logs, split)]
         with self._make_beam_pipeline() as pipeline:
-            catalog_rows = (pipeline
-                            | "ReadCatalog" >> tfrecords.ReadRecords(
-                                _split_files(catalog, features.CATALOG_SPLIT))
-                            | "ParseCatalog" >> beam.Map(beam_join.example_to_row))
-            joined, rejects, _, moved = catalog_rows | "Join" >> beam_join.JoinLogsWithCatalog(
-                _ReadLogs(log_files, spec.log_columns()), spec, strategy)
+            catalog_rows = (tfrecords.ReadRecords(_split_files(catalog, features.CATALOG_SPLIT))
+                            | "Parse" >> beam.Map(beam_join.example_to_row))
+            joined, rejects, _, moved = pipeline | "Join" >> beam_join.JoinLogsWithCatalog(
+                catalog_rows, _ReadLogs(log_files, spec.log_columns()), spec, strategy)
             by_split = joined | "BySplit" >> beam.ParDo(_BySplit()).with_outputs(
                 *features.JOINED_SPLITS)
             for split in features.JOINED_SPLITS:
