@@ -143,3 +143,15 @@ def test_pipeline_config_wires_the_threshold_into_the_join(tiny_root, tmp_path):
     with pytest.raises(ValueError, match="join_side_input_max_items must be >= 0, got -5"):
         PipelineConfig(spec=tiny_spec(tiny_root), run_root=str(tmp_path),
                        join_side_input_max_items=-5)
+
+
+def test_a_join_that_loses_rows_is_refused():
+    summary = {"train": 80, "eval": 15, "catalog": 10, "rejected_unknown_item": 5,
+               "moved_to_eval_cold_items": 3}
+    logs = [_catalog_artifact(60), _catalog_artifact(40)]        # two spans, 100 log rows
+    join_executor.check_complete(summary, _catalog_artifact(10), logs)
+    join_executor.check_complete(summary, _catalog_artifact(None), [_catalog_artifact(None)])
+    with pytest.raises(RuntimeError, match="accounted for 9 of the 10 catalog rows"):
+        join_executor.check_complete(dict(summary, catalog=9), _catalog_artifact(10), logs)
+    with pytest.raises(RuntimeError, match="accounted for 99 of the 100 log rows"):
+        join_executor.check_complete(dict(summary, eval=14), _catalog_artifact(10), logs)

@@ -17,11 +17,12 @@ no worker holds the catalog in memory:
 3. every row by engaged item with its training count: attaches
    ``item_train_count`` and ``item_bucket`` (head / tail / cold).
 
-``side_input`` (a catalog that fits in a worker's memory): the catalog's
-parts and the per-item training counts are dict side inputs. The log rows
-are read twice, never shuffled nor held between steps: once to count the
-training rows per item (and the rows naming unknown items), then again to
-join each row as it is read, with its item's count and bucket.
+``side_input`` (a catalog that fits in a worker's memory): the catalog ids,
+the items' ``item_*`` parts (each ``query_*`` part is derived from its item
+part where needed) and the per-item training counts are dict side inputs.
+The log rows are read twice, never shuffled nor held between steps: once to
+count the training rows per item (and the rows naming unknown items), then
+again to join each row as it is read, with its item's count and bucket.
 
 Both need one ranked list of ``(count, item id)`` over the items seen in
 training for the head boundary (O(#seen items) memory in one worker).
@@ -336,9 +337,8 @@ def _shuffle_strategy(catalog: beam.PCollection, logs: beam.PCollection, spec: D
     return examples, rejects, train_counts
 
 
-def _side_input_strategy(catalog: beam.PCollection, catalog_again: beam.PCollection,
-                         counted_logs: beam.PCollection, joined_logs: beam.PCollection,
-                         spec: DatasetSpec
+def _side_input_strategy(catalog: beam.PCollection, counted_logs: beam.PCollection,
+                         joined_logs: beam.PCollection, spec: DatasetSpec
                          ) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
     # Each side input is a dict in every worker: the counting pass only tests
     # membership (ids alone); the joining pass holds each item's item_* part
@@ -354,7 +354,7 @@ def _side_input_strategy(catalog: beam.PCollection, catalog_again: beam.PCollect
     item_parts = beam.pvalue.AsDict(catalog | "ItemParts" >> beam.Map(lambda kv: (kv[0], kv[1][0])))
     joined = joined_logs | "JoinRows" >> beam.ParDo(
         _JoinRows(spec), item_parts, counts, boundary)
-    catalog_rows = _catalog_rows(catalog_again) | "CatalogBuckets" >> beam.Map(
+    catalog_rows = _catalog_rows(catalog) | "CatalogBuckets" >> beam.Map(
         lookup_bucket, counts, boundary)
     examples = (joined, catalog_rows) | "AllRows" >> beam.Flatten()
     return examples, rejects, train_counts
@@ -367,9 +367,9 @@ def JoinLogsWithCatalog(  # noqa: N802  pylint: disable=invalid-name
 ) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection, beam.PCollection]:
     """Joins the catalog rows ``catalog`` reads with the log rows ``logs`` reads.
 
-    The side-input strategy applies both sources twice (they must read the
-    same rows each time): rows are re-read rather than held between a count
-    and the step that needs it.
+    The side-input strategy applies ``logs`` twice (it must read the same
+    rows each time): the log rows are re-read rather than held between the
+    count and the join that needs it.
 
     Args:
       pbegin: the pipeline.
@@ -392,9 +392,7 @@ def JoinLogsWithCatalog(  # noqa: N802  pylint: disable=invalid-name
     counted, moved = pbegin | "ReadLogs" >> logs | "HoldOutColdItems" >> HoldOutColdItems(spec)
     if strategy == SHUFFLE:
         return (*_shuffle_strategy(parts, counted, spec), moved)
-    parts_again = (pbegin | "ReadCatalogAgain" >> catalog
-                   | "CatalogPartsAgain" >> beam.Map(catalog_parts, spec))
     joined = pbegin | "ReadLogsAgain" >> logs
     if spec.cold_item_percent > 0:
         joined = joined | "HoldOutAgain" >> beam.Map(hold_out, spec)
-    return (*_side_input_strategy(parts, parts_again, counted, joined, spec), moved)
+    return (*_side_input_strategy(parts, counted, joined, spec), moved)

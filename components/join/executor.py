@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import os
-from typing import Any, Iterator
+from typing import Any, Iterator, Optional
 
 import apache_beam as beam
 import tensorflow as tf
@@ -92,6 +92,33 @@ def choose_strategy(catalog: Any, max_items: int) -> str:
     return beam_join.SIDE_INPUT if n_items <= max_items else beam_join.SHUFFLE
 
 
+def check_complete(summary: dict[str, int], catalog: Any, logs: list[Any]) -> None:
+    """Raises unless every input row was written or counted as rejected.
+
+    Compares the join's counts with the ``rows_ok`` counts the ExampleGens
+    recorded (skipped for an input without them): every catalog row once in
+    the ``catalog`` split; every log row in ``train`` or ``eval`` or among
+    the rejected rows.
+    """
+    def rows_ok(artifact: Any) -> Optional[int]:
+        if not artifact.has_custom_property(ingest_executor.ROWS_OK):
+            return None
+        return artifact.get_int_custom_property(ingest_executor.ROWS_OK)
+
+    log_counts = [rows_ok(a) for a in logs]
+    checks = [("catalog", rows_ok(catalog), summary[features.CATALOG_SPLIT])]
+    if logs and None not in log_counts:
+        written = (summary[features.TRAIN_SPLIT] + summary[features.EVAL_SPLIT]
+                   + sum(v for k, v in summary.items() if k.startswith("rejected_")))
+        checks.append(("log", sum(log_counts), written))
+    for name, read, written in checks:
+        if read is not None and read != written:
+            raise RuntimeError(
+                f"JoinExamples accounted for {written} of the {read} {name} rows its input "
+                f"holds ({summary}); the joined artefact would be incomplete, so it is not "
+                "published. Rerun the step; if it repeats, report it with the run's logs.")
+
+
 def read_summary(examples_uri: str) -> dict[str, int]:
     """Counts stored with a joined Examples artefact (see :class:`Executor`)."""
     with tf.io.gfile.GFile(os.path.join(examples_uri, REPORT_DIR, SUMMARY_FILE)) as f:
@@ -149,6 +176,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  | "WriteSummary" >> beam.io.WriteToText(
                      os.path.join(report_dir, SUMMARY_FILE), shard_name_template=""))
         summary = read_summary(examples.uri)
+        check_complete(summary, catalog, input_dict[LOGS_KEY])
         if summary[features.TRAIN_SPLIT] == 0:
             raise tables.InputError(
                 f"no training pairs left after joining logs with the catalog ({summary}); "
