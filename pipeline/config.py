@@ -26,6 +26,11 @@ IN_MEMORY_BEAM_ARGS = ("--direct_running_mode=in_memory", "--direct_num_workers=
 #: Beam step costs more than the second core gains (MovieLens-1M, 14 MB:
 #: benchmarks/results/data_half.md); larger inputs get one process per core.
 IN_MEMORY_MAX_INPUT_BYTES = 32 * 2**20
+#: Added to JoinExamples' flags on every input size (ignored by other runners):
+#: the side-input join holds the catalog in each worker's memory, and one
+#: in-process worker keeps the 1M-item join at about half the memory of one
+#: worker per core, at a third more time (benchmarks/results/data_half.md).
+JOIN_BEAM_ARGS = IN_MEMORY_BEAM_ARGS
 
 
 def local_beam_args(input_bytes: int) -> tuple[str, ...]:

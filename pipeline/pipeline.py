@@ -19,7 +19,7 @@ from components.ingest.component import ContractExampleGen
 from components.join.component import JoinExamples
 from components.trainer.component import SslTrainer
 from pipeline import nodes
-from pipeline.config import PipelineConfig
+from pipeline.config import JOIN_BEAM_ARGS, PipelineConfig
 from transforms import features, preprocessing, tables
 
 PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
@@ -74,7 +74,7 @@ def data_components(config: PipelineConfig) -> list[Any]:
     join = JoinExamples(spec, logs=logs, catalog=catalog_gen.outputs["examples"],
                         logs_anomalies=logs_anomalies, catalog_anomalies=catalog_anomalies,
                         side_input_max_items=config.join_side_input_max_items
-                        ).with_id(nodes.JOIN)
+                        ).with_id(nodes.JOIN).with_beam_pipeline_args(list(JOIN_BEAM_ARGS))
     analyze = [features.CATALOG_SPLIT]
     if spec.context_features:
         analyze.append(features.TRAIN_SPLIT)
