@@ -97,10 +97,11 @@ def _markdown(values: dict[str, object]) -> str:
              "(ingest, validation, join, Transform, FeatureCorrelation) with the default local "
              "Beam flags: before, DirectRunner multi-processing; after, the same for inputs "
              "above 32 MiB and one process for smaller ones (`pipeline/config.py`, row "
-             "'Beam mode'). Peak memory is the summed RSS of the pipeline process and its "
-             "Beam workers, sampled every 0.2 s; 'peak during' is the step running at that "
-             "moment. Goals on 2 cores: MovieLens-1M <= 90 s; 1M items / 500k pairs "
-             "<= 600 s at <= 8 GiB.", "",
+             "'Beam mode'), and JoinExamples in one process on every size "
+             "(`JOIN_BEAM_ARGS`). No other job ran. Peak memory is the summed RSS of "
+             "the pipeline process and its Beam workers, sampled every 0.2 s; 'peak "
+             "during' is the step running at that moment. Goals on 2 cores: "
+             "MovieLens-1M <= 90 s; 1M items / 500k pairs <= 600 s at <= 8 GiB.", "",
              f"*Before*: {values.get('before_note', '')}", "",
              "| | " + " | ".join(name for _, name in cols) + " |",
              "|---|" + "---|" * len(cols)]

@@ -38,7 +38,10 @@ Protocol (also written to the results page):
   (the query's own item excluded), Recall@K and MAP@K (K = 10, 50),
   overall and by the positive item's bucket (head / tail / cold).
 
-Finished runs are cached in ``<work>/runs.json``: a re-run continues.
+Finished runs are cached in ``<work>/runs-joined.json``: a re-run continues.
+(``runs.json`` holds the runs of the committed results, made when the study
+read Transform's materialized rows in their written order; the joined rows,
+sorted before the seeded split, give other validation and share partitions.)
 Run from the repository root: ``python benchmarks/quality.py``.
 """
 
@@ -246,7 +249,9 @@ class Regime:
         self.catalog_dir = features.split_dir(examples, features.CATALOG_SPLIT)
         self.correlation = correlation_report.read(
             latest_artifact(root, nodes.CORRELATION, "correlation"))
-        train_records = _records(features.split_dir(examples, features.TRAIN_SPLIT))
+        # Sorted, so the seeded split below does not depend on the order the
+        # pipeline's workers wrote the rows in.
+        train_records = np.sort(_records(features.split_dir(examples, features.TRAIN_SPLIT)))
         rng = np.random.default_rng(SPLIT_SEED)
         keep = np.ones(len(train_records), bool)
         if share < 1:
@@ -283,6 +288,9 @@ class Checkpoints(tf_keras.callbacks.Callback):
             self.curve[str(step)] = {"validation": self.regime.validation.score(self.model)}
             os.makedirs(self.weights_dir, exist_ok=True)
             np.savez(os.path.join(self.weights_dir, f"{step}.npz"), *self.model.get_weights())
+
+
+RUNS_FILE = "runs-joined.json"
 
 
 def _key(regime: str, variant: str, seed: int, hp: dict, steps: int | None = None) -> str:
@@ -366,7 +374,7 @@ def _test_one(work: str, regime: str, variant: str, seed: int, hp: dict, steps: 
 
 
 class Study:
-    """Runs (cached in ``runs.json``, trained by a pool of worker processes) and
+    """Runs (cached in ``RUNS_FILE``, trained by a pool of worker processes) and
     the choices made from them."""
 
     def __init__(self, work: str, workers: int) -> None:
@@ -374,7 +382,7 @@ class Study:
         import multiprocessing
 
         self.work = work
-        self.path = os.path.join(work, "runs.json")
+        self.path = os.path.join(work, RUNS_FILE)
         self.runs = json.load(open(self.path)) if os.path.exists(self.path) else {}
         self.searches: list[dict] = []
         for name in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):

@@ -17,6 +17,7 @@ import pytest
 import scann  # noqa: F401  registers ScaNN's ops
 import tensorflow as tf
 import tensorflow_transform as tft
+import tf_keras
 from tensorflow.core.protobuf import saved_model_pb2
 from tensorflow_serving.apis import (
     get_model_metadata_pb2,
@@ -52,6 +53,7 @@ def served(tmp_path_factory, request):
     tft_out = tft.TFTransformOutput(write_transform_graph(spec, rows))
     hp = hparams.from_dict({"variant": "baseline", "share_towers": False,
                             "hidden_units": [16, 8], "embedding_dim": 4})
+    tf_keras.utils.set_random_seed(0)     # the untrained towers' weights, whatever ran before
     model = TwoTowerSSL(feature_layout(spec, tft_out), hp)
     query_keys, item_keys = export.raw_keys(model)
     module = export.EmbeddingExport(model, tft_out, query_keys, item_keys)

@@ -326,11 +326,12 @@ def test_trainer_custom_config_round_trip(tiny_root):
 
 def test_trainer_decoder_equals_tft_beam_transform(tiny_root):
     """The Trainer's read-time transform gives what TFT's own Beam transform writes."""
+    import os
     import tempfile
 
     import tensorflow_transform as tft
     import tensorflow_transform.beam as tft_beam
-    from tensorflow_transform.tf_metadata import dataset_metadata
+    from tensorflow_transform.tf_metadata import dataset_metadata, metadata_io
 
     from tests.conftest import catalog_row, log_row, tiny_spec
     from transforms import preprocessing
@@ -348,6 +349,8 @@ def test_trainer_decoder_equals_tft_beam_transform(tiny_root):
         (expected, _), transform_fn = ((rows, metadata) | tft_beam.AnalyzeAndTransformDataset(
             lambda x: preprocessing.preprocessing_fn(x, preprocessing.custom_config(spec))))
         _ = transform_fn | tft_beam.WriteTransformFn(folder)
+    metadata_io.write_metadata(metadata,
+                               os.path.join(folder, tft.TFTransformOutput.RAW_METADATA_DIR))
     coder = tft.coders.ExampleProtoCoder(schema)
     tft_out = tft.TFTransformOutput(folder)
     decoded = data.transformed_decoder(tft_out)(
