@@ -29,7 +29,7 @@ IN_MEMORY_MAX_INPUT_BYTES = 32 * 2**20
 #: Added to JoinExamples' flags on every input size (ignored by other runners):
 #: the side-input join holds the catalog in each worker's memory, and one
 #: in-process worker keeps the 1M-item join at about half the memory of one
-#: worker per core, at a third more time (benchmarks/results/data_half.md).
+#: worker per core, at about a fifth more time (benchmarks/results/data_half.md).
 JOIN_BEAM_ARGS = IN_MEMORY_BEAM_ARGS
 
 

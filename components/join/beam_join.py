@@ -342,7 +342,7 @@ def _side_input_strategy(catalog: beam.PCollection, counted_logs: beam.PCollecti
                          ) -> tuple[beam.PCollection, beam.PCollection, beam.PCollection]:
     # Each side input is a dict in every worker: the counting pass only tests
     # membership (ids alone); the joining pass holds each item's item_* part
-    # only (the query_* part is derived from it, see :class:`QueryParts`).
+    # only (the query_* part is derived from it, see :class:`_JoinRows`).
     ids = beam.pvalue.AsDict(catalog | "CatalogIds" >> beam.Map(lambda kv: (kv[0], None)))
     known = counted_logs | "KnownTrainItems" >> beam.FlatMap(
         known_train_item, ids, spec).with_outputs(UNKNOWN_TAG, main="items")
