@@ -224,10 +224,8 @@ class _JoinRows(beam.DoFn):
         self.spec = spec
 
     def setup(self) -> None:
-        self.query_part = functools.lru_cache(maxsize=1 << 16)(self._query_part)
-
-    def _query_part(self, query_id: bytes, item_part: bytes) -> bytes:
-        return query_part(item_part, self.spec)
+        self.query_part = functools.lru_cache(maxsize=1 << 16)(
+            functools.partial(query_part, spec=self.spec))
 
     def process(self, split_row: tuple[str, Row], item_parts: dict[bytes, bytes],
                 counts: dict[bytes, int], boundary: Optional[tuple[int, bytes]]
@@ -239,7 +237,7 @@ class _JoinRows(beam.DoFn):
         if item is None or query is None:
             return
         count = counts.get(item_id, 0)
-        payload = item + _context_part(log, self.spec) + self.query_part(query_id, query)
+        payload = item + _context_part(log, self.spec) + self.query_part(query)
         yield _finish(split, payload, count, bucket(count, item_id, boundary))
 
 
