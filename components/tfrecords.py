@@ -11,7 +11,7 @@ does, so it runs unchanged on any runner (TensorFlow's file systems read
 from __future__ import annotations
 
 import os
-from typing import Iterator, Sequence
+from typing import Any, Callable, Iterable, Iterator, Sequence
 
 import apache_beam as beam
 import tensorflow as tf
@@ -31,11 +31,16 @@ def read_file(path: str) -> Iterator[bytes]:
 
 
 @beam.ptransform_fn
-def ReadRecords(  # noqa: N802  pylint: disable=invalid-name
-    pbegin: beam.pvalue.PBegin, files: Sequence[str]
+def ReadFiles(  # noqa: N802  pylint: disable=invalid-name
+    pbegin: beam.pvalue.PBegin, files: Sequence[Any], read: Callable[[Any], Iterable[Any]]
 ) -> beam.PCollection:
-    """The serialized records of ``files`` (a path list resolved at construction)."""
+    """What ``read`` yields for each of ``files``, one file per element, spread over workers."""
     return (pbegin
             | "Files" >> beam.Create(list(files))
             | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.FlatMap(read_file))
+            | "Read" >> beam.FlatMap(read))
+
+
+def ReadRecords(files: Sequence[str]) -> beam.PTransform:  # noqa: N802
+    """The serialized records of ``files`` (a path list resolved at construction)."""
+    return ReadFiles(files, read_file)

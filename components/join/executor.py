@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 from typing import Any, Iterator, Optional
@@ -38,20 +39,10 @@ def _split_files(artifact: Any, split: str) -> list[str]:
 
 def _tagged_rows(split_path: tuple[str, str], columns: tuple[str, ...]
                  ) -> Iterator[tuple[str, beam_join.Row]]:
+    """``(split, row)`` of one ``(split, path)`` log file, ``columns`` only."""
     split, path = split_path
     for record in tfrecords.read_file(path):
         yield split, beam_join.example_to_row(record, columns)
-
-
-@beam.ptransform_fn
-def _ReadLogs(  # noqa: N802  pylint: disable=invalid-name
-    pbegin: beam.pvalue.PBegin, files: list[tuple[str, str]], columns: tuple[str, ...]
-) -> beam.PCollection:
-    """``(split, row)`` of every ``(split, path)`` file (one file per element), ``columns`` only."""
-    return (pbegin
-            | "Files" >> beam.Create(files)
-            | "Spread" >> beam.Reshuffle()
-            | "Read" >> beam.FlatMap(_tagged_rows, columns))
 
 
 class _BySplit(beam.DoFn):
@@ -158,7 +149,10 @@ class Executor(base_beam_executor.BaseBeamExecutor):
             catalog_rows = (tfrecords.ReadRecords(_split_files(catalog, features.CATALOG_SPLIT))
                             | "Parse" >> beam.Map(beam_join.example_to_row))
             joined, rejects, _, moved = pipeline | "Join" >> beam_join.JoinLogsWithCatalog(
-                catalog_rows, _ReadLogs(log_files, spec.log_columns()), spec, strategy)
+                catalog_rows,
+                tfrecords.ReadFiles(log_files, functools.partial(
+                    _tagged_rows, columns=spec.log_columns())),
+                spec, strategy)
             by_split = joined | "BySplit" >> beam.ParDo(_BySplit()).with_outputs(
                 *features.JOINED_SPLITS)
             for split in features.JOINED_SPLITS:
