@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import importlib
-import json
 import os
 import sys
 from typing import Any, Optional, Sequence
@@ -20,6 +19,7 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from components.trainer import hparams as hparams_lib
+from pipeline import options
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
 from transforms.spec import DatasetSpec, load_spec
@@ -118,10 +118,14 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--job-endpoint", default=None)
     parser.add_argument("--parallelism", type=int, default=4)
     parser.add_argument("--beam-arg", action="append", default=[], metavar="FLAG")
-    parser.add_argument("--hparams", default="{}", help="Trainer hyper-parameters (JSON)")
+    parser.add_argument("--hparams", default=None, metavar="JSON|FILE",
+                        help="Trainer hyper-parameters: a JSON object or a JSON/YAML file")
     parser.add_argument("--strategy", default=None,
                         choices=("default", "mirrored", "multi_worker_mirrored"))
-    parser.add_argument("--variants", default=hparams_lib.DEFAULT_VARIANT)
+    parser.add_argument("--variants", default=None,
+                        help="comma-separated Trainer variants; the first is the main model "
+                             "(default: the --hparams variant, else "
+                             f"{hparams_lib.DEFAULT_VARIANT})")
     parser.add_argument("--data-mounted", action="store_true",
                         help="the spec's local data paths exist inside the image / pods")
     return parser
@@ -137,16 +141,15 @@ def main(argv: Sequence[str]) -> int:
             "project": args.project, "region": args.region, "job_endpoint": args.job_endpoint,
             "parallelism": args.parallelism, "image": args.image,
             "pipeline_root": args.pipeline_root.rstrip("/")}.items() if v is not None}
-        values_hp = json.loads(args.hparams)
-        if args.strategy:
-            values_hp["strategy"] = args.strategy
-        hparams = hparams_lib.from_dict(values_hp)
+        hparams, variants = options.trainer_settings(
+            options.load_hparams(args.hparams), options.parse_variants(args.variants),
+            strategy=args.strategy)
         spec = load_spec(args.dataset)
         check_data_paths(spec, args.pipeline_root, args.data_mounted)
         config = PipelineConfig(
             spec=spec, run_root=args.pipeline_root,
             beam_pipeline_args=presets.beam_args(args.beam_preset, args.beam_arg, **values),
-            hparams=hparams, train_variants=tuple(args.variants.split(",")),
+            hparams=hparams, train_variants=variants,
             span_window=False)
         if spec.has_spans and spec.train_spans > 1:
             print(f"warning: Kubeflow v2 has no span-range resolver; the compiled pipeline "

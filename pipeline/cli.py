@@ -3,18 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import os
 import re
 import sys
 import traceback
 from typing import Optional, Sequence
 
-import yaml
-
 from components.correlation.settings import CorrelationSettings
 from components.evaluate.config import EvalSettings
 from components.trainer import hparams as hparams_lib
-from pipeline import console
+from pipeline import console, options
 from pipeline.config import PipelineConfig
 from transforms.spec import DatasetSpec, SpecError, load_spec
 
@@ -40,9 +37,10 @@ def _parser() -> argparse.ArgumentParser:
                      help="Trainer hyper-parameters: a JSON object or a JSON/YAML file")
     run.add_argument("--data-only", action="store_true",
                      help="run the data half only (no Trainer)")
-    run.add_argument("--variants", default=hparams_lib.DEFAULT_VARIANT,
+    run.add_argument("--variants", default=None,
                      help="comma-separated Trainer variants; the first is the main model "
-                          f"(default: {hparams_lib.DEFAULT_VARIANT})")
+                          "(default: the --hparams variant, else "
+                          f"{hparams_lib.DEFAULT_VARIANT})")
     run.add_argument("--eval-slice", action="append", default=None, metavar="FEATURE",
                      help="item feature to slice evaluation metrics by (repeatable; "
                           "head/tail/cold slices are always there)")
@@ -69,26 +67,6 @@ def _parser() -> argparse.ArgumentParser:
                      help="the feature-rich latent-factor benchmark (pipeline/datasets/rich.py; "
                           "--spans is ignored)")
     return parser
-
-
-def _hparams(value: Optional[str]) -> hparams_lib.HParams:
-    """Parses and validates ``--hparams``: inline JSON or a JSON/YAML file."""
-    if not value:
-        return hparams_lib.HParams()
-    text = value
-    if os.path.isfile(value):
-        with open(value, encoding="utf-8") as f:
-            text = f.read()
-    try:
-        parsed = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise SpecError(f"--hparams: not JSON/YAML: {e}") from e
-    if not isinstance(parsed, dict):
-        raise SpecError(f"--hparams: expected a mapping of hyper-parameters, got {value!r}.")
-    try:
-        return hparams_lib.from_dict(parsed)
-    except (TypeError, ValueError) as e:
-        raise SpecError(f"--hparams: {e}") from e
 
 
 def _config(**kwargs: object) -> PipelineConfig:
@@ -118,17 +96,18 @@ def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str
     spans: list[Optional[int]] = [args.span]
     if args.all_spans:
         spans = list(preflight.spans(spec.logs)) or [None]
+    hparams, variants = options.trainer_settings(options.load_hparams(args.hparams),
+                                                 options.parse_variants(args.variants))
     configs = []
     for span in spans:
         preflight.check(spec, span)
         configs.append(_config(
             spec=spec, run_root=run_root,
             beam_pipeline_args=beam_args,
-            enable_cache=not args.no_cache, span=span, hparams=_hparams(args.hparams),
+            enable_cache=not args.no_cache, span=span, hparams=hparams,
             eval_settings=_eval_settings(args),
             correlation=CorrelationSettings(measure=args.correlation_measure),
-            train_variants=() if args.data_only else tuple(
-                v.strip() for v in args.variants.split(",") if v.strip())))
+            train_variants=() if args.data_only else variants))
     return configs
 
 

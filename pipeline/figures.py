@@ -94,6 +94,8 @@ def key_figure(record: records.NodeRecord, config: PipelineConfig) -> str:
         return f"loss {loss:.4f} after {steps} steps" if loss is not None else f"{steps} steps"
     if node == nodes.INDEX:
         recall = {k: v for k, v in props["scann_model"].items() if k.startswith("recall_at_")}
+        if not recall:
+            return "ScaNN recall unmeasured (no eval queries)"
         return ", ".join(f"ScaNN {k} {v:.3f}" for k, v in recall.items()) + " vs brute force"
     if node == nodes.EVALUATOR:
         return _evaluator_figure(record)

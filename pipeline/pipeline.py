@@ -17,6 +17,7 @@ from components.evaluate import config as eval_lib
 from components.index.component import IndexBuilder
 from components.ingest.component import ContractExampleGen
 from components.join.component import JoinExamples
+from components.push.component import SharedVersionPusher
 from components.trainer.component import SslTrainer
 from pipeline import nodes
 from pipeline.config import JOIN_BEAM_ARGS, PipelineConfig
@@ -139,8 +140,12 @@ def served_names(config: PipelineConfig) -> tuple[str, str, str]:
 
 
 def pusher(config: PipelineConfig, name: str, model: Any, blessing: Any) -> Any:
-    """A Pusher of ``model`` to ``<serving_root>/<name>/<version>``, gated on ``blessing``."""
-    return tfx.components.Pusher(
+    """A Pusher of ``model`` to ``<serving_root>/<name>/<version>``, gated on ``blessing``.
+
+    The version is the blessing's (:mod:`components.push.executor`), so every
+    export of one blessed model is pushed under one version.
+    """
+    return SharedVersionPusher(
         model=model, model_blessing=blessing,
         push_destination=tfx.proto.PushDestination(
             filesystem=tfx.proto.PushDestination.Filesystem(

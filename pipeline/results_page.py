@@ -115,6 +115,7 @@ def _index(run: RunSummary, out: str) -> tuple[str, str]:
         return "Retrieval index", _missing(nodes.INDEX)
     props = run.nodes[nodes.INDEX].properties["scann_model"]
     rows = [[k, f"{v:.4f}"] for k, v in sorted(props.items()) if k.startswith("recall_at_")]
+    rows = rows or [["recall", "unmeasured: no eval queries"]]
     return "Retrieval index", (f"<p>{props.get('items')} items. ScaNN's recall against "
                                "brute-force search on eval queries:</p>"
                                + _table(["ScaNN vs brute force", "recall"], rows))

@@ -40,6 +40,15 @@ def _cli(spec_path, run_root, *extra):
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=1500)
 
 
+def _tf_startup_lines():
+    """The bodies (after the time stamp) of TF's C++ lines when TF starts here."""
+    done = subprocess.run([sys.executable, "-c", "import tensorflow as tf; tf.constant(1) + 1"],
+                          env=dict(os.environ, TF_USE_LEGACY_KERAS="1"), capture_output=True,
+                          text=True, timeout=300, check=True)
+    return [TF_CPP.sub("", line).split("] ", 1)[-1] for line in done.stderr.splitlines()
+            if TF_CPP.search(line)]
+
+
 def _assert_quiet(lines):
     for line in lines:
         assert not TF_CPP.search(line), f"TensorFlow C++ log line on the console: {line}"
@@ -80,9 +89,11 @@ def test_console_shows_progress_and_the_log_holds_the_detail(tmp_path):
 
     with open(log_path) as f:
         log = f.read()
-    assert sum(bool(TF_CPP.search(line)) for line in log.splitlines()) > 5
-    # TensorFlow starts in this process and in each Beam worker process.
-    assert log.count("oneDNN custom operations are on") > 1
+    # Whatever C++ lines TensorFlow prints on this machine when it starts (they
+    # depend on the CPU and TF_ENABLE_ONEDNN_OPTS; some CPUs print none) reach
+    # the log, not the console.
+    for line in _tf_startup_lines():
+        assert line in log, line
     for node in nodes:
         assert (f"node {node} is running." in log and f"node {node} is finished." in log), node
     assert "[console] " + lines[-1] in log

@@ -6,6 +6,7 @@ import pickle
 import tempfile
 
 import apache_beam as beam
+import matplotlib.text
 import numpy as np
 import pytest
 from sklearn.metrics import (
@@ -206,6 +207,27 @@ def test_heat_map_shows_the_grouping_measure(tmp_path):
     assert report.describe_groups(doc)[0] == "grouped by Adjusted MI (chance-corrected)"
     with pytest.raises(ValueError, match="measure must be one of"):
         report.assemble([], "id", ["a"], 1, "items", "pearson")
+
+
+@pytest.mark.parametrize("n_features,measure", [(2, "ami"), (3, "nmi"), (14, "ami")])
+def test_every_text_of_the_heat_map_is_inside_the_image(n_features, measure):
+    """The title (and every label) lies inside the saved figure, whatever its width."""
+    names = [f"feature_{i}" for i in range(n_features)]
+    matrix = np.eye(n_features).tolist()
+    doc = {"features": names, "measure": measure, measure: matrix, "weighting": "train_frequency"}
+    fig = report.heatmap(doc)
+    renderer = fig.canvas.get_renderer()
+    fig.canvas.draw()
+    width, height = fig.bbox.width, fig.bbox.height
+    texts = [t for t in fig.findobj(matplotlib.text.Text) if t.get_visible() and t.get_text()]
+    titles = [t.get_text().replace("\n", " ") for t in texts]
+    assert (
+        f"{report.MEASURE_TITLES[measure]} between item features (groups CFM; "
+        "train_frequency weighting)") in titles
+    for text in texts:
+        box = text.get_window_extent(renderer)
+        assert box.x0 >= 0 and box.y0 >= 0 and box.x1 <= width and box.y1 <= height, (
+            text.get_text(), box, (width, height))
 
 
 def test_cfm_groups_seed_plus_top_nmi():

@@ -314,6 +314,8 @@ def test_data_half_end_to_end(tmp_path):
     assert "model BLESSED" in out
     pushed = os.listdir(os.path.join(run_root, "serving", "ssl4rec"))
     assert len(pushed) == 3, pushed    # runs 1, 3 (re-evaluated) and 4
+    for name in ("ssl4rec_bruteforce", "ssl4rec_query"):    # one version per blessed model
+        assert sorted(os.listdir(os.path.join(run_root, "serving", name))) == sorted(pushed)
     _check_console(out, DATA_NODES + [nodes.trainer(v, first=False) for v in VARIANTS[1:]])
     _check_results_page(run_root, out, len(VARIANTS), max(pushed, key=int))
     for i, variant in enumerate(VARIANTS):

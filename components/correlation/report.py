@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import textwrap
 import time
 from typing import Any, Mapping, Optional, Sequence
 
@@ -171,6 +172,21 @@ def write(doc: Mapping[str, Any], out_dir: str) -> None:
     tf.io.gfile.makedirs(out_dir)
     with tf.io.gfile.GFile(os.path.join(out_dir, JSON_FILE), "w") as f:
         f.write(json.dumps(doc, indent=1, sort_keys=True))
+    fig = heatmap(doc)
+    with tf.io.gfile.GFile(os.path.join(out_dir, PNG_FILE), "wb") as f:
+        fig.savefig(f, format="png", dpi=100)
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+#: Title size in points, and a character's width as a share of it (generous,
+#: so that wrapped lines fit whatever the font).
+_TITLE_POINTS, _CHAR_EM = 11, 0.62
+
+
+def heatmap(doc: Mapping[str, Any]) -> Any:
+    """The heat map of ``doc``'s grouping measure, every label and its title inside it."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -178,7 +194,8 @@ def write(doc: Mapping[str, Any], out_dir: str) -> None:
 
     names, measure = doc["features"], doc.get("measure", "nmi")
     matrix = doc[measure]
-    fig, ax = plt.subplots(figsize=(1.0 + 0.7 * len(names), 0.8 + 0.6 * len(names)))
+    width = max(4.0, 1.0 + 0.7 * len(names))
+    fig, ax = plt.subplots(figsize=(width, 1.2 + 0.6 * len(names)))
     image = ax.imshow(matrix, vmin=min(0.0, min(map(min, matrix))), vmax=1.0, cmap="viridis")
     ax.set_xticks(range(len(names)), names, rotation=45, ha="right")
     ax.set_yticks(range(len(names)), names)
@@ -186,14 +203,13 @@ def write(doc: Mapping[str, Any], out_dir: str) -> None:
         for j in range(len(names)):
             ax.text(j, i, f"{matrix[i][j]:.2f}", ha="center", va="center",
                     color="white" if matrix[i][j] < 0.6 else "black", fontsize=8)
-    ax.set_title(f"{MEASURE_TITLES[measure]} between item features\n"
-                 f"(groups CFM; {doc['weighting']} weighting)")
+    chars = int(0.9 * width * 72 / (_TITLE_POINTS * _CHAR_EM))
+    title = (f"{MEASURE_TITLES[measure]} between item features "
+             f"(groups CFM; {doc['weighting']} weighting)")
+    fig.suptitle("\n".join(textwrap.wrap(title, chars)), fontsize=_TITLE_POINTS)
     fig.colorbar(image, ax=ax)
     fig.tight_layout()
-    local = os.path.join(out_dir, PNG_FILE)
-    with tf.io.gfile.GFile(local, "wb") as f:
-        fig.savefig(f, format="png", dpi=100)
-    plt.close(fig)
+    return fig
 
 
 def read(uri: str) -> dict[str, Any]:

@@ -28,8 +28,38 @@ EMBEDDINGS_DIR = "embeddings"
 EMBEDDING_FEATURE = "embedding"       # of the item-embedding records in EMBEDDINGS_DIR
 
 
+#: Custom property of the ScaNN model: how many eval queries measured its recall
+#: (0: unmeasured, and then no ``recall_at_<k>`` property is written).
+RECALL_QUERIES_PROPERTY = "recall_queries"
+
+
 class RecallTooLowError(ValueError):
     """The ScaNN index misses too many true neighbours."""
+
+
+class RecallUnmeasuredError(ValueError):
+    """There were no eval queries to measure the index's recall against its floor."""
+
+
+def check_recall(measured: float | None, config: search.IndexConfig, n_queries: int) -> None:
+    """Raises unless ``measured`` reaches ``config.min_recall``.
+
+    ``measured`` is None when no query measured it: unmeasured is not
+    perfect, so that fails too, unless the floor is 0 (no floor asked for).
+    """
+    if measured is None:
+        if config.min_recall > 0:
+            raise RecallUnmeasuredError(
+                f"no eval queries to measure ScaNN's recall@{config.k} against brute force "
+                f"(the eval split is empty), so the floor min_recall {config.min_recall} "
+                "cannot be checked; give the spec's split an eval_percent > 0 (or set "
+                "index_config.min_recall to 0 to build the index unchecked).")
+        return
+    if measured < config.min_recall:
+        raise RecallTooLowError(
+            f"ScaNN recall@{config.k} against brute force is {measured:.4f} < "
+            f"min_recall {config.min_recall} on {n_queries} eval queries; raise "
+            "index_config.leaves_to_search or reorder (or lower min_recall).")
 
 
 class EmbedItems(beam.DoFn):
@@ -98,15 +128,13 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                                 config.recall_queries)
         searcher = search.build_scann(items, config)
         measured = measure_recall(query_model, searcher, items, queries, config.k)
-        logging.info("ScaNN recall@%d vs brute force on %d queries: %.4f", config.k,
-                     len(queries), measured)
-        scann_out.set_float_custom_property(f"recall_at_{config.k}", measured)
+        logging.info("ScaNN recall@%d vs brute force on %d queries: %s", config.k,
+                     len(queries), "unmeasured" if measured is None else f"{measured:.4f}")
+        if measured is not None:
+            scann_out.set_float_custom_property(f"recall_at_{config.k}", measured)
+        scann_out.set_int_custom_property(RECALL_QUERIES_PROPERTY, len(queries))
         scann_out.set_int_custom_property("items", len(ids))
-        if measured < config.min_recall:
-            raise RecallTooLowError(
-                f"ScaNN recall@{config.k} against brute force is {measured:.4f} < "
-                f"min_recall {config.min_recall} on {len(queries)} eval queries; raise "
-                "index_config.leaves_to_search or reorder (or lower min_recall).")
+        check_recall(measured, config, len(queries))
         exclude = (features.query_key(spec.item_id)
                    if spec.item_id in spec.query_item_features else None)
         export.save(export.RetrievalModule(query_model, ids, items, config.k, searcher,
@@ -119,10 +147,13 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
 
 def measure_recall(query_model: Any, searcher: Any, items: np.ndarray, queries: list[bytes],
-                   k: int) -> float:
-    """ScaNN's recall@k against brute force, by scores, on real eval queries."""
+                   k: int) -> float | None:
+    """ScaNN's recall@k against brute force, by scores, on real eval queries.
+
+    None without queries: nothing was measured.
+    """
     if not queries:
-        return 1.0
+        return None
     fn = query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES]
     embedded = fn(examples=tf.constant(queries))[sig.EMBEDDING].numpy()
     k = min(k, len(items))

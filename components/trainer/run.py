@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 import os
 from typing import Any, Mapping, Optional, Sequence
 
@@ -60,6 +61,25 @@ def make_strategy(name: str) -> tf.distribute.Strategy:
     return tf.distribute.get_strategy()
 
 
+class StopAtStep(tf_keras.callbacks.Callback):
+    """Ends training after exactly ``steps`` optimisation steps.
+
+    Keras trains whole epochs of ``steps_per_epoch`` steps; with this callback
+    the last epoch is cut short, so a ``train_steps`` that is not a multiple of
+    ``steps_per_epoch`` is still the number of steps trained.
+    """
+
+    def __init__(self, steps: int) -> None:
+        super().__init__()
+        self.steps, self.done = steps, 0
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        """Stops the fit loop once ``steps`` batches were trained."""
+        self.done += 1
+        if self.done >= self.steps:
+            self.model.stop_training = True
+
+
 class LearningRateLogger(tf_keras.callbacks.Callback):
     """Writes the optimizer's learning rate to TensorBoard at each epoch end."""
 
@@ -111,7 +131,9 @@ def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_
           ) -> tuple[TwoTowerSSL, tf_keras.callbacks.History]:
     """Trains the model of ``hp.variant``; returns it with the Keras history.
 
-    ``callbacks`` run after the TensorBoard and learning-rate loggers.
+    Trains exactly ``hp.train_steps`` steps, in epochs of ``hp.steps_per_epoch``
+    (the last one shorter when they do not divide). ``callbacks`` run after
+    the TensorBoard and learning-rate loggers.
 
     Seeds Python, NumPy and TF from ``hp.seed`` and enables TF's op
     determinism, so equal seeds and inputs give equal weights.
@@ -122,11 +144,11 @@ def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_
     stream, sampling = training_input(spec, hp, tf_transform_output, train_dir, catalog_dir)
     with make_strategy(hp.strategy).scope():
         model = build_model(spec, hp, tf_transform_output, correlation, sampling)
-    epochs = max(1, hp.train_steps // hp.steps_per_epoch)
     history = model.fit(
-        stream, epochs=epochs, steps_per_epoch=hp.steps_per_epoch,
-        verbose=2, callbacks=[tf_keras.callbacks.TensorBoard(log_dir=log_dir),
-                              LearningRateLogger(log_dir), *callbacks])
+        stream, epochs=math.ceil(hp.train_steps / hp.steps_per_epoch),
+        steps_per_epoch=hp.steps_per_epoch, verbose=2,
+        callbacks=[StopAtStep(hp.train_steps), tf_keras.callbacks.TensorBoard(log_dir=log_dir),
+                   LearningRateLogger(log_dir), *callbacks])
     return model, history
 
 

@@ -1,0 +1,1 @@
+"""Pushers of one blessed model's exports, all under one serving version."""
