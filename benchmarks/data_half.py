@@ -23,9 +23,10 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import RESULTS, run_measured_peak, write_results  # noqa: E402
 from components.join import executor as join_executor  # noqa: E402
-from pipeline import nodes, preflight, records  # noqa: E402
+from pipeline import nodes, preflight  # noqa: E402
 from pipeline.config import PipelineConfig, local_beam_args  # noqa: E402
 from pipeline.pipeline import create_pipeline  # noqa: E402
+from pipeline.report import records  # noqa: E402
 from transforms import features  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
 

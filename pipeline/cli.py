@@ -3,16 +3,15 @@
 from __future__ import annotations
 
 import argparse
-import re
 import sys
-import traceback
 from typing import Optional, Sequence
 
 from components.correlation.settings import CorrelationSettings
 from components.evaluate.config import EvalSettings
 from components.trainer import hparams as hparams_lib
-from pipeline import console, options
+from pipeline import options
 from pipeline.config import PipelineConfig
+from pipeline.report import console
 from transforms.spec import DatasetSpec, SpecError, load_spec
 
 
@@ -112,53 +111,13 @@ def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str
 
 
 def _run(args: argparse.Namespace) -> int:
-    """Runs the pipeline with a quiet console: progress lines here, detail in the log."""
+    """``run``: the pipeline with a quiet console (see :mod:`pipeline.job`)."""
+    from pipeline import job
+
     spec = load_spec(args.dataset)
     run_root = args.run_root or f"runs/{spec.name}"
-    with console.Console(console.log_path(run_root), verbose=args.verbose) as out:
-        out.say(f"Log: {out.log_path}" + ("" if args.verbose else " (--verbose streams it)"))
-        watcher = None
-        try:
-            from pipeline import figures, progress, results_page, runner, summary
-
-            configs = _configs(args, spec, run_root)
-            for config in configs:
-                if len(configs) > 1:
-                    out.say(f"Span {config.span}:")
-                watcher = progress.StepWatcher(
-                    out.say, lambda node, c=config: figures.describe(c, node),
-                    total=len(summary.node_ids(config)))
-                with progress.watching(watcher):
-                    runner.run(config, args.runner)
-            run = summary.collect(configs[-1])
-            out.say(summary.render(run, page=results_page.write(run)))
-            return 0
-        except Exception as e:  # noqa: BLE001 (every failure is reported, then re-classified)
-            traceback.print_exc()
-            step = watcher.unfinished[-1] if watcher and watcher.unfinished else None
-            kind, message = reason(e)
-            out.say(f"FAILED{' in step ' + step if step else ''}: {kind}: {message}")
-            out.say(f"Full detail: {out.log_path}")
-            return 2 if kind in _USER_ERRORS else 1
-
-
-_ERROR_LINE = re.compile(r"^(?:[\w]+\.)*(\w+(?:Error|Exception)): (.+)$")
-_USER_ERRORS = ("SpecError", "InputError")
-
-
-def reason(error: BaseException) -> tuple[str, str]:
-    """(error type, message) of the innermost error behind ``error``.
-
-    An error raised inside a Beam worker process reaches the runner as a
-    ``RuntimeError`` whose text holds the worker's traceback; the last
-    ``<module>.<Type>: <message>`` line in it names the original error.
-    """
-    text = str(error).strip()
-    found = [m for m in map(_ERROR_LINE.match, text.splitlines()) if m]
-    if not found:
-        return type(error).__name__, (text.splitlines() or [""])[0]
-    kind, message = found[-1].groups()
-    return kind, re.sub(r" \[while running '[^']*'\]$", "", message)
+    return job.run(lambda: _configs(args, spec, run_root), args.runner,
+                   console.log_path(run_root), args.verbose)
 
 
 def main(argv: Sequence[str]) -> int:
@@ -181,7 +140,9 @@ def main(argv: Sequence[str]) -> int:
             n_items=args.items, n_pairs=args.pairs, spans=args.spans, seed=args.seed), args.out))
         return 0
     except Exception as e:  # noqa: BLE001 (re-raised unless it is bad input)
-        if reason(e)[0] not in _USER_ERRORS:
+        from pipeline import job
+
+        if job.reason(e)[0] not in job.USER_ERRORS:
             raise
         print(f"error: {e}", file=sys.stderr)
         return 2

@@ -3,6 +3,15 @@
 import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+# The tests talk to their own servers and Beam workers on loopback: a user's
+# proxy settings must not route those calls (gRPC and urllib honour them).
+os.environ["no_proxy"] = os.environ["NO_PROXY"] = ",".join(
+    filter(None, ["127.0.0.1,localhost", os.environ.get("no_proxy", "")]))
+# Settings of the user's shell that would add output to the subprocesses the
+# tests read (warnings, TF log levels) are not the tests' inputs.
+for _name in ("PYTHONWARNINGS", "PYTHONDEVMODE", "TF_CPP_MIN_LOG_LEVEL", "TF_CPP_MAX_VLOG_LEVEL",
+              "TF_CPP_VMODULE"):
+    os.environ.pop(_name, None)
 
 import tempfile  # noqa: E402
 import textwrap  # noqa: E402

@@ -9,11 +9,11 @@ import textwrap
 import pytest
 import tensorflow as tf
 
-from pipeline import curves, progress
+from pipeline.report import curves, progress
 
 _CHILD = textwrap.dedent("""\
     import os, subprocess, sys, warnings
-    from pipeline import console
+    from pipeline.report import console
     with console.Console(sys.argv[1], verbose=sys.argv[2] == "1") as out:
         out.say("progress line")
         print("python stdout")
@@ -94,7 +94,7 @@ def test_curves_read_back_what_keras_wrote(tmp_path):
 
 
 def test_reason_finds_the_error_behind_a_beam_worker_failure():
-    from pipeline.cli import reason
+    from pipeline.job import reason
     from transforms.tables import InputError
 
     wrapped = RuntimeError(

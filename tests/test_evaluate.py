@@ -28,9 +28,9 @@ from components.evaluate.metrics import (
     positive_ranks,
     recall_at_k,
 )
-from pipeline import records, results_page, summary
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import evaluation, pusher
+from pipeline.report import records, results_page, summary
 from serving import signatures as sig
 from tests.conftest import tiny_spec
 from transforms import features

@@ -9,8 +9,9 @@ from typing import Optional
 import tensorflow as tf
 
 from components.join import executor as join_executor
-from pipeline import curves, nodes, records
+from pipeline import nodes
 from pipeline.config import PipelineConfig
+from pipeline.report import curves, records
 from transforms import features, tables
 
 

@@ -14,9 +14,10 @@ import tensorflow as tf
 
 from components.join import beam_join
 from components.join import executor as join_executor
-from pipeline import figures, pipeline, records
 from pipeline import nodes as nodes_lib
+from pipeline import pipeline
 from pipeline.config import PipelineConfig
+from pipeline.report import records, step_lines
 from transforms import features
 
 
@@ -58,7 +59,7 @@ class RunSummary:
     evaluation: Optional[Evaluation]
     pushes: dict[str, dict[str, object]]
     served: list[str]
-    steps: list[figures.StepTime]
+    steps: list[step_lines.StepTime]
 
     @property
     def wall_seconds(self) -> float:
@@ -82,10 +83,11 @@ def collect(config: PipelineConfig) -> RunSummary:
     store = records.open_store(config.metadata_path)
     ids = node_ids(config)
     nodes = {n: r for n in ids if (r := records.latest(store, config.pipeline_name, n))}
-    steps = [t for n in ids if (t := figures.step_time(store, config.pipeline_name, n))]
+    steps = [t for n in ids if (t := step_lines.step_time(store, config.pipeline_name, n))]
     vocabularies, doc, pngs = {}, None, []
     if nodes_lib.TRANSFORM in nodes:
-        vocabularies = figures.vocab_sizes(nodes[nodes_lib.TRANSFORM].outputs["transform_graph"][0])
+        vocabularies = step_lines.vocab_sizes(
+            nodes[nodes_lib.TRANSFORM].outputs["transform_graph"][0])
     if nodes_lib.CORRELATION in nodes:
         from components.correlation import report as correlation_report
 
@@ -187,7 +189,7 @@ def _data_lines(summary: RunSummary) -> list[str]:
             props = nodes[node].properties["examples"]
             span = f" span {props.get('span')}" if label == "logs" and "span" in props else ""
             lines.append(f"Ingested {label}{span}: {props.get('rows_ok', 0)} rows, "
-                         f"{figures.rejects(props)} [{nodes[node].state}] -> "
+                         f"{step_lines.rejects(props)} [{nodes[node].state}] -> "
                          f"{nodes[node].outputs['examples'][0]}")
     if nodes_lib.JOIN in nodes:
         join = nodes[nodes_lib.JOIN]

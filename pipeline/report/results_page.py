@@ -1,6 +1,6 @@
 """One results page per run: ``<run_root>/results/index.html`` with its images beside it.
 
-Drawn from a :class:`pipeline.summary.RunSummary`; every image is a file in
+Drawn from a :class:`pipeline.report.summary.RunSummary`; every image is a file in
 the same folder, so the page can be copied or served as it is.
 """
 
@@ -11,9 +11,10 @@ import os
 import shutil
 
 from components.join import executor as join_executor
-from pipeline import curves, figures, nodes
-from pipeline import summary as summary_lib
-from pipeline.summary import RunSummary
+from pipeline import nodes
+from pipeline.report import curves, step_lines
+from pipeline.report import summary as summary_lib
+from pipeline.report.summary import RunSummary
 from transforms import features
 
 PAGE = "index.html"
@@ -65,7 +66,7 @@ def _data(run: RunSummary, out: str) -> tuple[str, str]:
     for node in (nodes.LOGS_EXAMPLE_GEN, nodes.CATALOG_EXAMPLE_GEN):
         if node in run.nodes:
             props = run.nodes[node].properties["examples"]
-            rows.append([node, props.get("rows_ok", 0), figures.rejects(props)])
+            rows.append([node, props.get("rows_ok", 0), step_lines.rejects(props)])
     content = _table(["ingested", "rows", "rejected"], rows) if rows else _missing("Ingestion")
     if nodes.JOIN in run.nodes:
         props = run.nodes[nodes.JOIN].properties[join_executor.EXAMPLES_KEY]
