@@ -24,7 +24,7 @@ import numpy as np  # noqa: E402
 import tensorflow as tf  # noqa: E402
 
 from benchmarks.common import run_measured, write_results  # noqa: E402
-from components.join import beam_join  # noqa: E402
+from components import tfrecords  # noqa: E402
 from pipeline.config import LOCAL_BEAM_ARGS  # noqa: E402
 from pipeline.datasets import synthetic  # noqa: E402
 from transforms import features  # noqa: E402
@@ -44,7 +44,7 @@ def _write_catalog(n_items: int, folder: str) -> None:
             row = {features.item_key(c): [v.encode() for v in str(columns[c][k]).split("|") if v]
                    for c in columns}
             row[features.ITEM_TRAIN_COUNT] = [1]
-            writer.write(beam_join.row_to_example(row))
+            writer.write(tfrecords.dict_to_example(row))
 
 
 def _child(examples_uri: str, out_uri: str) -> None:

@@ -19,10 +19,11 @@ from typing import Any, Optional, Sequence
 import yaml
 
 from components.trainer import hparams as hparams_lib
+from kubeflow import presets
 from pipeline import options
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
-from transforms.spec import DatasetSpec, load_spec
+from transforms.spec import DatasetSpec, is_url, load_spec
 
 DOTTED_PATH_PROPERTIES = ("run_fn", "preprocessing_fn", "trainer_fn", "module_path")
 
@@ -34,7 +35,7 @@ class NotImportableError(ImportError):
 def local_data_paths(spec: DatasetSpec) -> list[str]:
     """The spec's data and schema paths that are folders of this machine, not URLs."""
     paths = [spec.catalog.base, spec.logs.base, spec.logs_schema, spec.catalog_schema]
-    return [p for p in paths if p and "://" not in p]
+    return [p for p in paths if p and not is_url(p)]
 
 
 def check_data_paths(spec: DatasetSpec, pipeline_root: str, mounted: bool) -> None:
@@ -44,7 +45,7 @@ def check_data_paths(spec: DatasetSpec, pipeline_root: str, mounted: bool) -> No
       ValueError: naming the local paths and the two fixes.
     """
     local = local_data_paths(spec)
-    if "://" not in pipeline_root or not local or mounted:
+    if not is_url(pipeline_root) or not local or mounted:
         return
     raise ValueError(
         f"the pipeline root {pipeline_root!r} is remote but the dataset spec reads local "
@@ -112,7 +113,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--output", default="pipeline.json")
     parser.add_argument("--ir-yaml", default=None, help="also write the IR YAML here")
     parser.add_argument("--beam-preset", default="direct",
-                        choices=("direct", "dataflow", "flink", "spark"))
+                        choices=sorted(presets.PRESETS))
     parser.add_argument("--project", default=None)
     parser.add_argument("--region", default=None)
     parser.add_argument("--job-endpoint", default=None)
@@ -121,7 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--hparams", default=None, metavar="JSON|FILE",
                         help="Trainer hyper-parameters: a JSON object or a JSON/YAML file")
     parser.add_argument("--strategy", default=None,
-                        choices=("default", "mirrored", "multi_worker_mirrored"))
+                        choices=hparams_lib.STRATEGIES)
     parser.add_argument("--variants", default=None,
                         help="comma-separated Trainer variants; the first is the main model "
                              "(default: the --hparams variant, else "
@@ -133,8 +134,6 @@ def _parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str]) -> int:
     """Compiles; exit code 2 with the reason on a bad spec, preset or import."""
-    from kubeflow import presets
-
     args = _parser().parse_args(argv)
     try:
         values = {k: v for k, v in {

@@ -6,11 +6,12 @@ import argparse
 import sys
 from typing import Optional, Sequence
 
+from components.correlation.estimator import MEASURES
 from components.correlation.settings import CorrelationSettings
 from components.evaluate.config import EvalSettings
 from components.trainer import hparams as hparams_lib
 from pipeline import options
-from pipeline.config import PipelineConfig
+from pipeline.config import RUNNERS, PipelineConfig
 from pipeline.report import console
 from transforms.spec import DatasetSpec, SpecError, load_spec
 
@@ -22,7 +23,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--dataset", required=True, help="path of the dataset spec (YAML)")
     run.add_argument("--run-root", default=None,
                      help="folder for every output (default: runs/<dataset name>)")
-    run.add_argument("--runner", choices=("beam", "local"), default="beam",
+    run.add_argument("--runner", choices=RUNNERS, default=RUNNERS[0],
                      help="BeamDagRunner (default) or LocalDagRunner")
     run.add_argument("--beam-arg", action="append", default=None, metavar="FLAG",
                      help="a Beam pipeline flag, repeatable (default: DirectRunner, "
@@ -48,7 +49,7 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--max-recall-drop", type=float, default=EvalSettings.max_recall_drop,
                      help="largest allowed absolute drop of overall Recall@50 against the "
                           "latest blessed model (default: %(default)s)")
-    run.add_argument("--correlation-measure", choices=("ami", "nmi"), default="ami",
+    run.add_argument("--correlation-measure", choices=MEASURES, default=CorrelationSettings.measure,
                      help="dependence measure forming the CFM groups: adjusted MI "
                           "(chance-corrected, default) or plug-in NMI")
     run.add_argument("--verbose", action="store_true",

@@ -13,7 +13,10 @@ from components.index.search import IndexConfig
 from components.join import DEFAULT_SIDE_INPUT_MAX_ITEMS
 from components.trainer import hparams
 from components.trainer.hparams import DEFAULT_VARIANT
-from transforms.spec import DatasetSpec
+from transforms.spec import DatasetSpec, is_url
+
+#: Local orchestrators: TFX's BeamDagRunner (default) and LocalDagRunner.
+RUNNERS = ("beam", "local")
 
 # DirectRunner defaults: one process per core. Other runners (Dataflow, Flink,
 # Spark) are chosen by passing their flags instead.
@@ -113,11 +116,11 @@ class PipelineConfig:
     @property
     def is_remote(self) -> bool:
         """Whether the run root is a URL (a cluster's storage) rather than a folder."""
-        return "://" in self.run_root
+        return is_url(self.run_root)
 
     @property
     def _root(self) -> str:
-        return self.run_root if "://" in self.run_root else os.path.abspath(self.run_root)
+        return self.run_root if self.is_remote else os.path.abspath(self.run_root)
 
     @property
     def serving_root(self) -> str:

@@ -14,6 +14,7 @@ from tfx.types import standard_artifacts
 
 from components.correlation.component import FeatureCorrelation
 from components.evaluate import config as eval_lib
+from components.index import executor as index_executor
 from components.index.component import IndexBuilder
 from components.ingest.component import ContractExampleGen
 from components.join.component import JoinExamples
@@ -164,9 +165,9 @@ def serving_components(config: PipelineConfig, join: Any, trainer: Any) -> list[
                          examples=join.outputs["examples"], config=config.index_config
                          ).with_id(nodes.INDEX)
     resolver, evaluator = evaluation(config, join.outputs["examples"],
-                                     index.outputs["brute_force_model"])
-    models = (index.outputs["scann_model"], index.outputs["brute_force_model"],
-              trainer.outputs["model"])
+                                     index.outputs[index_executor.BRUTE_FORCE_MODEL_KEY])
+    models = (index.outputs[index_executor.SCANN_MODEL_KEY],
+              index.outputs[index_executor.BRUTE_FORCE_MODEL_KEY], trainer.outputs["model"])
     pushers = [pusher(config, name, model, evaluator.outputs["blessing"])
                for name, model in zip(served_names(config), models)]
     return [index, resolver, evaluator, *pushers]

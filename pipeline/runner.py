@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import os
 
-from pipeline.config import PipelineConfig
+from pipeline.config import RUNNERS, PipelineConfig
 from pipeline.pipeline import create_pipeline
-
-RUNNERS = ("beam", "local")
 
 
 def run(config: PipelineConfig, runner: str = "beam") -> None:

@@ -15,6 +15,7 @@ from sklearn.metrics import (
     normalized_mutual_info_score,
 )
 
+from components import tfrecords
 from components.correlation import beam_mi, estimator, report
 
 
@@ -244,11 +245,10 @@ def test_feature_missing_from_catalog_examples_is_an_error(tmp_path):
     import tensorflow as tf
 
     from components.correlation import executor
-    from components.join import beam_join
 
     path = str(tmp_path / "part.gz")
     with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
-        w.write(beam_join.row_to_example({"item_item_id": [b"a"], "item_genre": [b"x"]}))
+        w.write(tfrecords.dict_to_example({"item_item_id": [b"a"], "item_genre": [b"x"]}))
     executor.check_features_present(str(tmp_path), ["item_id", "genre"])
     with pytest.raises(executor.MissingFeatureError, match=r"no feature\(s\) \['item_year'\]"):
         executor.check_features_present(str(tmp_path), ["item_id", "genre", "year"])

@@ -237,9 +237,14 @@ def _feature(raw: Any, where: str, vocab_defaults: Mapping[str, Any]) -> Feature
     return Feature(name, multivalued, separator, threshold, top_k)
 
 
+def is_url(path: str) -> bool:
+    """Whether ``path`` is a URL of a remote file system (``gs://``, ``s3://``...)."""
+    return "://" in path
+
+
 def _resolve(path: str, root: str) -> str:
     """Absolute local path, or a URL (``gs://``, ``s3://``...) unchanged."""
-    if "://" in path or os.path.isabs(path):
+    if is_url(path) or os.path.isabs(path):
         return path
     return os.path.normpath(os.path.join(root, path))
 
@@ -259,7 +264,7 @@ def _schema_path(path: Optional[str], root: str) -> Optional[str]:
     if path is None:
         return None
     full = _resolve(path, root)
-    if "://" not in full and not os.path.isfile(full):
+    if not is_url(full) and not os.path.isfile(full):
         raise SpecError(f"schemas: schema file {full!r} does not exist; write it (e.g. copy "
                         "SchemaGen's schema.pbtxt from a run) or remove the key.")
     return full

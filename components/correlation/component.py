@@ -1,4 +1,8 @@
-"""FeatureCorrelation: pairwise mutual information between item features."""
+"""FeatureCorrelation: pairwise dependence between item features, for CFM's groups.
+
+By default the chance-corrected (adjusted) mutual information; plug-in
+normalized MI on request (``CorrelationSettings.measure``).
+"""
 
 from __future__ import annotations
 
@@ -16,7 +20,7 @@ from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_to_json
 
 
 class FeatureCorrelations(Artifact):
-    """MI / NMI between item features, entropies, supports and CFM groups."""
+    """Adjusted MI and NMI between item features, entropies, supports and CFM groups."""
 
     TYPE_NAME = "ssl4rec.FeatureCorrelations"  # <namespace>.<Title>, as Kubeflow v2 requires
 
@@ -35,7 +39,10 @@ class FeatureCorrelationSpec(types.ComponentSpec):
 
 
 class FeatureCorrelation(base_beam_component.BaseBeamComponent):
-    """Computes MI between every pair of item features over the catalog split.
+    """Computes the dependence of every pair of item features over the catalog split.
+
+    Adjusted MI (chance-corrected, the default grouping measure) and plug-in
+    NMI; the CFM groups are formed by ``settings.measure``.
 
     Args:
       spec: the dataset spec (which features, which is the id).

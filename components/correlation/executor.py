@@ -12,6 +12,7 @@ import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
+from components import tfrecords
 from components.correlation import beam_mi, estimator, report
 from transforms import features
 from transforms.spec import SPEC_PARAMETER, spec_from_json
@@ -36,21 +37,11 @@ def catalog_item(row: dict[str, list[Any]], names: list[str], weighting: str
     return item, float(row[features.ITEM_TRAIN_COUNT][0])
 
 
-def _parse(serialized: bytes) -> dict[str, list[Any]]:
-    example = tf.train.Example.FromString(serialized)
-    out: dict[str, list[Any]] = {}
-    for key, feature in example.features.feature.items():
-        kind = feature.WhichOneof("kind")
-        out[key] = list(getattr(feature, kind).value) if kind else []
-    return out
-
-
 def check_features_present(uri: str, names: list[str]) -> None:
     """Raises MissingFeatureError if a feature key is absent from the first catalog rows."""
-    files = tf.io.gfile.glob(os.path.join(uri, "*"))
     seen: set[str] = set()
-    for record in tf.data.TFRecordDataset(files, compression_type="GZIP").take(100):
-        seen |= set(tf.train.Example.FromString(record.numpy()).features.feature)
+    for record in tfrecords.split_dataset(uri, required=False).take(100):
+        seen |= set(tfrecords.example_to_dict(record.numpy()))
     missing = [f for f in names if features.item_key(f) not in seen]
     if missing:
         raise MissingFeatureError(
@@ -82,8 +73,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         out = artifact_utils.get_single_instance(output_dict[CORRELATION_KEY])
         with self._make_beam_pipeline() as pipeline:
             stats = (pipeline
-                     | "Read" >> beam.io.ReadFromTFRecord(os.path.join(catalog_uri, "*"))
-                     | "Parse" >> beam.Map(_parse)
+                     | "Read" >> tfrecords.ReadRecords(tfrecords.split_files(catalog_uri))
+                     | "Parse" >> beam.Map(tfrecords.example_to_dict)
                      | "Item" >> beam.Map(catalog_item, names, weighting)
                      | "Sums" >> beam_mi.CorrelationSums(names, max_values))
             _ = (stats

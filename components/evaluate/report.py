@@ -14,21 +14,30 @@ import tensorflow_model_analysis as tfma
 from tensorflow_model_analysis.writers import eval_config_writer
 
 from components.evaluate.config import GATE_METRIC, KS, metric_name
+from transforms import features
 
 COLUMNS = ("example_count", *(metric_name(kind, k) for kind in ("recall", "map") for k in KS))
 PAGE = "evaluation.md"
 CHART = "recall_by_slice.png"
 
 
+OVERALL = "overall"
+
+
 def slice_label(slice_key: Any) -> str:
     """``overall`` or ``feature=value`` (``a=x, b=y`` for crosses)."""
     if not slice_key:
-        return "overall"
+        return OVERALL
     parts = []
     for name, value in slice_key:
         value = value.decode() if isinstance(value, bytes) else value
         parts.append(f"{name}={value}")
     return ", ".join(parts)
+
+
+def bucket_label(bucket: str) -> str:
+    """The label of the head / tail / cold slice ``bucket`` (``item_bucket=head``)."""
+    return slice_label([(features.ITEM_BUCKET, bucket)])
 
 
 def _model_specs(eval_uri: str) -> list[Any]:
@@ -58,8 +67,8 @@ def has_baseline(eval_uri: str) -> bool:
 
 
 def _order(label: str) -> tuple[int, str]:
-    head = {"overall": 0, "item_bucket=head": 1, "item_bucket=tail": 2, "item_bucket=cold": 3}
-    return (head.get(label, 4), label)
+    first = [OVERALL, *map(bucket_label, features.BUCKETS)]
+    return (first.index(label) if label in first else len(first), label)
 
 
 def table(metrics: dict[str, dict[str, float]], markdown: bool = False) -> list[str]:

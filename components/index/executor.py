@@ -13,6 +13,7 @@ import tensorflow as tf
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
+from components import tfrecords
 from components.index import export, search
 from serving import signatures as sig
 from transforms import features
@@ -76,29 +77,24 @@ class EmbedItems(beam.DoFn):
         """Yields one tf.Example (``id``, ``embedding``) per item."""
         vectors = self.fn(examples=tf.constant(batch))[sig.EMBEDDING].numpy()
         for serialized, vector in zip(batch, vectors):
-            row = tf.train.Example.FromString(serialized).features.feature
-            out = tf.train.Example()
-            out.features.feature["id"].bytes_list.value.extend(
-                row[self.id_key].bytes_list.value[:1])
-            out.features.feature[EMBEDDING_FEATURE].float_list.value.extend(vector.tolist())
-            yield out.SerializeToString()
+            row = tfrecords.example_to_dict(serialized, [self.id_key])
+            yield tfrecords.dict_to_example({"id": row[self.id_key][:1],
+                                             EMBEDDING_FEATURE: vector.tolist()})
 
 
 def read_embeddings(folder: str) -> tuple[np.ndarray, np.ndarray]:
     """(ids [N], embeddings [N, D]) written by :class:`EmbedItems`, sorted by id."""
     ids, vectors = [], []
-    files = tf.io.gfile.glob(os.path.join(folder, "*"))
-    for record in tf.data.TFRecordDataset(files, compression_type="GZIP"):
-        ex = tf.train.Example.FromString(record.numpy()).features.feature
-        ids.append(ex["id"].bytes_list.value[0].decode())
-        vectors.append(np.asarray(ex[EMBEDDING_FEATURE].float_list.value, np.float32))
+    for record in tfrecords.split_dataset(folder):
+        row = tfrecords.example_to_dict(record.numpy())
+        ids.append(row["id"][0].decode())
+        vectors.append(np.asarray(row[EMBEDDING_FEATURE], np.float32))
     order = np.argsort(np.asarray(ids, dtype=object).astype(str), kind="stable")
     return np.asarray(ids, dtype=object)[order], np.stack(vectors)[order]
 
 
 def _query_sample(eval_dir: str, n: int) -> list[bytes]:
-    files = sorted(tf.io.gfile.glob(os.path.join(eval_dir, "*")))
-    return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP").take(n)]
+    return [r.numpy() for r in tfrecords.split_dataset(eval_dir, required=False).take(n)]
 
 
 class Executor(base_beam_executor.BaseBeamExecutor):
@@ -117,7 +113,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         embeddings_dir = os.path.join(scann_out.uri, EMBEDDINGS_DIR)
         with self._make_beam_pipeline() as pipeline:
             _ = (pipeline
-                 | "Read" >> beam.io.ReadFromTFRecord(os.path.join(catalog_dir, "*"))
+                 | "Read" >> tfrecords.ReadRecords(tfrecords.split_files(catalog_dir))
                  | "Batch" >> beam.BatchElements(min_batch_size=256, max_batch_size=4096)
                  | "Embed" >> beam.ParDo(EmbedItems(model_dir, features.item_key(spec.item_id)))
                  | "Write" >> beam.io.WriteToTFRecord(os.path.join(embeddings_dir, "part"),

@@ -33,11 +33,11 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
-from typing import Any, Iterable, Iterator, Optional, Sequence
+from typing import Any, Iterable, Iterator, Optional
 
 import apache_beam as beam
-import tensorflow as tf
 
+from components import tfrecords
 from transforms import features, tables
 from transforms.spec import DatasetSpec
 
@@ -49,30 +49,6 @@ SHUFFLE, SIDE_INPUT = "shuffle", "side_input"
 #: Summary key: training log rows moved to eval because they hold a held-out item.
 MOVED_COLD = "moved_to_eval_cold_items"
 STRATEGIES = (SHUFFLE, SIDE_INPUT)
-
-
-def example_to_row(serialized: bytes, columns: Optional[Sequence[str]] = None) -> Row:
-    """Parses a serialized tf.Example with BYTES features into a dict.
-
-    With ``columns``, only those present among them (cheaper than every feature).
-    """
-    feature = tf.train.Example.FromString(serialized).features.feature
-    if columns is None:
-        return {k: list(v.bytes_list.value) for k, v in feature.items()}
-    return {k: list(feature[k].bytes_list.value) for k in columns if k in feature}
-
-
-def row_to_example(row: dict[str, Any]) -> bytes:
-    """Serializes a joined row; ints go to int64 lists, the rest to bytes."""
-    example = tf.train.Example()
-    for key in sorted(row):
-        values = row[key]
-        feature = example.features.feature[key]
-        if values and isinstance(values[0], int):
-            feature.int64_list.value.extend(values)
-        else:
-            feature.bytes_list.value.extend(values)
-    return example.SerializeToString()
 
 
 def _first(row: Row, column: str) -> bytes:
@@ -93,13 +69,14 @@ def catalog_parts(row: Row, spec: DatasetSpec) -> tuple[bytes, Parts]:
     """``(item id, (item_* part, query_* part))`` of one catalog row, serialized."""
     item = {features.item_key(f.name): row.get(f.name, []) for f in spec.item_features}
     query = {features.query_key(n): row.get(n, []) for n in spec.query_item_features}
-    return _first(row, spec.item_id), (row_to_example(item), row_to_example(query))
+    return _first(row, spec.item_id), (tfrecords.dict_to_example(item),
+                                       tfrecords.dict_to_example(query))
 
 
 def _context_part(log: Row, spec: DatasetSpec) -> bytes:
     if not spec.context_features:
         return b""
-    return row_to_example({features.context_key(f.name): log.get(f.name, [])
+    return tfrecords.dict_to_example({features.context_key(f.name): log.get(f.name, [])
                            for f in spec.context_features})
 
 
@@ -176,7 +153,7 @@ def _finish(split: str, payload: bytes, count: int, name: str) -> tuple[str, str
 
 @functools.lru_cache(maxsize=4096)
 def _count_part(count: int, name: str, is_catalog: bool) -> bytes:
-    return row_to_example({features.ITEM_TRAIN_COUNT: [count],
+    return tfrecords.dict_to_example({features.ITEM_TRAIN_COUNT: [count],
                            features.ITEM_BUCKET: [name.encode()],
                            features.IS_CATALOG_ROW: [int(is_catalog)]})
 
@@ -205,9 +182,9 @@ def query_part(item_part: bytes, spec: DatasetSpec) -> bytes:
     Equal to :func:`catalog_parts`' second part: the same values under the
     query keys, serialized the same way.
     """
-    feature = tf.train.Example.FromString(item_part).features.feature
-    return row_to_example({
-        features.query_key(n): list(feature[features.item_key(n)].bytes_list.value)
+    item = tfrecords.example_to_dict(item_part)
+    return tfrecords.dict_to_example({
+        features.query_key(n): item.get(features.item_key(n), [])
         for n in spec.query_item_features})
 
 

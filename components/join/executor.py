@@ -31,6 +31,8 @@ STRATEGY_PROPERTY = "join_strategy"
 REPORT_DIR = "report"
 SUMMARY_FILE = "summary.json"
 SCHEMA_FILE = "schema.pbtxt"
+#: Summary key of the log rows rejected for naming an item not in the catalog.
+REJECTED_UNKNOWN = f"rejected_{tables.UNKNOWN}"
 
 
 def _split_files(artifact: Any, split: str) -> list[str]:
@@ -42,7 +44,7 @@ def _tagged_rows(split_path: tuple[str, str], columns: tuple[str, ...]
     """``(split, row)`` of one ``(split, path)`` log file, ``columns`` only."""
     split, path = split_path
     for record in tfrecords.read_file(path):
-        yield split, beam_join.example_to_row(record, columns)
+        yield split, tfrecords.example_to_dict(record, columns)
 
 
 class _BySplit(beam.DoFn):
@@ -60,7 +62,7 @@ def _summary_pairs(examples: beam.PCollection, rejects: beam.PCollection,
     zeros = examples.pipeline | "Zeros" >> beam.Create(
         [(s, 0) for s in features.JOINED_SPLITS]
         + [(f"{s}_{b}", 0) for s in features.JOINED_SPLITS for b in features.BUCKETS]
-        + [(f"rejected_{tables.UNKNOWN}", 0)])
+        + [(REJECTED_UNKNOWN, 0)])
     return ((keys, bad, moved, zeros)
             | "AllKeys" >> beam.Flatten()
             | "Sum" >> beam.CombinePerKey(sum))
@@ -147,7 +149,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                      for path in _split_files(logs, split)]
         with self._make_beam_pipeline() as pipeline:
             catalog_rows = (tfrecords.ReadRecords(_split_files(catalog, features.CATALOG_SPLIT))
-                            | "Parse" >> beam.Map(beam_join.example_to_row))
+                            | "Parse" >> beam.Map(tfrecords.example_to_dict))
             joined, rejects, _, moved = pipeline | "Join" >> beam_join.JoinLogsWithCatalog(
                 catalog_rows,
                 tfrecords.ReadFiles(log_files, functools.partial(

@@ -22,7 +22,7 @@ from tfx.utils import json_utils
 from components.correlation.component import FeatureCorrelations
 from components.trainer import hparams as hparams_lib
 from transforms import features
-from transforms.spec import SPEC_PARAMETER, DatasetSpec, spec_from_dict
+from transforms.spec import SPEC_PARAMETER, DatasetSpec, is_url, spec_from_dict
 
 CORRELATION_KEY = "correlation"
 RUN_FN = "components.trainer.run.run_fn"
@@ -65,7 +65,7 @@ class Executor(trainer_executor.GenericExecutor):
         fn_args.correlation_uri = correlation[0].uri if correlation else None
         examples = input_dict[standard_component_specs.EXAMPLES_KEY]
         fn_args.catalog_dir = artifact_utils.get_split_uri(examples, features.CATALOG_SPLIT)
-        if not os.path.isdir(fn_args.catalog_dir) and "://" not in fn_args.catalog_dir:
+        if not os.path.isdir(fn_args.catalog_dir) and not is_url(fn_args.catalog_dir):
             raise ValueError(f"the Trainer's examples have no '{features.CATALOG_SPLIT}' split "
                              f"({fn_args.catalog_dir}); pass JoinExamples' examples.")
         return fn_args

@@ -16,23 +16,16 @@ is the one the serving export runs. Variable-length id features arrive as
 
 from __future__ import annotations
 
-import os
 from typing import Callable, Mapping
 
 import tensorflow as tf
 import tensorflow_transform as tft
 
+from components import tfrecords
 from transforms import features
 
 #: Serialized Examples [N] -> features.
 Decoder = Callable[[tf.Tensor], dict[str, tf.Tensor]]
-
-
-def _files(split_dir: str) -> list[str]:
-    files = sorted(tf.io.gfile.glob(os.path.join(split_dir, "*")))
-    if not files:
-        raise ValueError(f"no examples in {split_dir}; did JoinExamples run?")
-    return files
 
 
 def to_ragged(parsed: Mapping[str, tf.Tensor]) -> dict[str, tf.Tensor]:
@@ -66,7 +59,7 @@ def transformed_decoder(tf_transform_output: tft.TFTransformOutput) -> Decoder:
 def main_stream(split_dir: str, decode: Decoder, batch_size: int, seed: int,
                 shuffle_buffer: int = 100_000) -> tf.data.Dataset:
     """Endless shuffled batches of training pairs, decoded by ``decode``."""
-    return (tf.data.TFRecordDataset(_files(split_dir), compression_type="GZIP")
+    return (tfrecords.split_dataset(split_dir)
             .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
             .repeat()
             .batch(batch_size, drop_remainder=True)
@@ -76,7 +69,7 @@ def main_stream(split_dir: str, decode: Decoder, batch_size: int, seed: int,
 def load_catalog(split_dir: str, decode: Decoder, item_keys: list[str]
                  ) -> dict[str, tf.RaggedTensor]:
     """Every catalog item's ``item_keys`` features (decoded by ``decode``), as ragged tensors."""
-    records = tf.data.TFRecordDataset(_files(split_dir), compression_type="GZIP")
+    records = tfrecords.split_dataset(split_dir)
     parts: dict[str, list[tf.RaggedTensor]] = {k: [] for k in item_keys}
     for batch in records.batch(65536):
         parsed = decode(batch)

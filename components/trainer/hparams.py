@@ -2,8 +2,9 @@
 
 Travels to ``run_fn`` through the Trainer's ``custom_config`` as a plain dict;
 :func:`from_dict` rejects unknown keys and out-of-range values, naming the
-key and the allowed range. Defaults follow PAPER.md, scaled to MovieLens-1M
-sized data (a few thousand items, ~0.5M pairs, 2 CPU cores).
+key and the allowed range. Defaults follow the paper (Yao et al., CIKM 2021),
+scaled to MovieLens-1M sized data (a few thousand items, ~0.5M pairs, 2 CPU
+cores).
 """
 
 from __future__ import annotations

@@ -10,6 +10,8 @@ import html
 import os
 import shutil
 
+from components.index import executor as index_executor
+from components.ingest import executor as ingest_executor
 from components.join import executor as join_executor
 from pipeline import nodes
 from pipeline.report import curves, step_lines
@@ -66,7 +68,7 @@ def _data(run: RunSummary, out: str) -> tuple[str, str]:
     for node in (nodes.LOGS_EXAMPLE_GEN, nodes.CATALOG_EXAMPLE_GEN):
         if node in run.nodes:
             props = run.nodes[node].properties["examples"]
-            rows.append([node, props.get("rows_ok", 0), step_lines.rejects(props)])
+            rows.append([node, props.get(ingest_executor.ROWS_OK, 0), step_lines.rejects(props)])
     content = _table(["ingested", "rows", "rejected"], rows) if rows else _missing("Ingestion")
     if nodes.JOIN in run.nodes:
         props = run.nodes[nodes.JOIN].properties[join_executor.EXAMPLES_KEY]
@@ -75,7 +77,7 @@ def _data(run: RunSummary, out: str) -> tuple[str, str]:
             for split in (features.CATALOG_SPLIT, features.TRAIN_SPLIT, features.EVAL_SPLIT)])
         head = f"{run.config.spec.head_fraction:.0%}"
         content += (f"<p>Log rows rejected, item not in catalog: "
-                    f"{props.get('rejected_unknown_item', 0)}. Head = top {head} of items "
+                    f"{props.get(join_executor.REJECTED_UNKNOWN, 0)}. Head = top {head} of items "
                     "seen in training by frequency; cold = never seen in training.</p>\n")
     if run.vocabularies:
         content += _table(["vocabulary", "size"], [[k, v] for k, v in run.vocabularies.items()])
@@ -114,7 +116,7 @@ def _training(run: RunSummary, out: str) -> tuple[str, str]:
 def _index(run: RunSummary, out: str) -> tuple[str, str]:
     if nodes.INDEX not in run.nodes:
         return "Retrieval index", _missing(nodes.INDEX)
-    props = run.nodes[nodes.INDEX].properties["scann_model"]
+    props = run.nodes[nodes.INDEX].properties[index_executor.SCANN_MODEL_KEY]
     rows = [[k, f"{v:.4f}"] for k, v in sorted(props.items()) if k.startswith("recall_at_")]
     rows = rows or [["recall", "unmeasured: no eval queries"]]
     return "Retrieval index", (f"<p>{props.get('items')} items. ScaNN's recall against "

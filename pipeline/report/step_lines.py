@@ -8,6 +8,8 @@ from typing import Optional
 
 import tensorflow as tf
 
+from components.index import executor as index_executor
+from components.ingest import executor as ingest_executor
 from components.join import executor as join_executor
 from pipeline import nodes
 from pipeline.config import PipelineConfig
@@ -75,12 +77,13 @@ def key_figure(record: records.NodeRecord, config: PipelineConfig) -> str:
     """The one figure worth a glance when ``record``'s step ends ('' if none)."""
     node, props = record.node_id, record.properties
     if node.endswith("ExampleGen"):
-        return f"{props['examples'].get('rows_ok', 0)} rows, {rejects(props['examples'])}"
+        examples = props["examples"]
+        return f"{examples.get(ingest_executor.ROWS_OK, 0)} rows, {rejects(examples)}"
     if node == nodes.JOIN:
         p = props[join_executor.EXAMPLES_KEY]
         return (f"train {p.get(features.TRAIN_SPLIT, 0)}, eval {p.get(features.EVAL_SPLIT, 0)}"
                 f", catalog {p.get(features.CATALOG_SPLIT, 0)} rows; "
-                f"{p.get('rejected_unknown_item', 0)} log rows with an unknown item")
+                f"{p.get(join_executor.REJECTED_UNKNOWN, 0)} log rows with an unknown item")
     if node == nodes.TRANSFORM:
         sizes = vocab_sizes(record.outputs["transform_graph"][0])
         return "vocabularies " + ", ".join(f"{k} {v}" for k, v in sizes.items())
@@ -94,7 +97,8 @@ def key_figure(record: records.NodeRecord, config: PipelineConfig) -> str:
         steps = config.hparams.train_steps
         return f"loss {loss:.4f} after {steps} steps" if loss is not None else f"{steps} steps"
     if node == nodes.INDEX:
-        recall = {k: v for k, v in props["scann_model"].items() if k.startswith("recall_at_")}
+        scann = props[index_executor.SCANN_MODEL_KEY]
+        recall = {k: v for k, v in scann.items() if k.startswith("recall_at_")}
         if not recall:
             return "ScaNN recall unmeasured (no eval queries)"
         return ", ".join(f"ScaNN {k} {v:.3f}" for k, v in recall.items()) + " vs brute force"
@@ -111,7 +115,7 @@ def _evaluator_figure(record: records.NodeRecord) -> str:
     from components.evaluate.config import GATE_METRIC
 
     uri = record.outputs["evaluation"][0]
-    overall = eval_report.metrics_by_slice(uri).get("overall", {})
+    overall = eval_report.metrics_by_slice(uri).get(eval_report.OVERALL, {})
     blessed = "BLESSED" if record.properties.get("blessing", {}).get("blessed") else \
         "NOT BLESSED"
     value = overall.get(GATE_METRIC)

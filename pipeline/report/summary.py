@@ -12,6 +12,8 @@ from typing import Any, Optional
 
 import tensorflow as tf
 
+from components.index import executor as index_executor
+from components.ingest import executor as ingest_executor
 from components.join import beam_join
 from components.join import executor as join_executor
 from pipeline import nodes as nodes_lib
@@ -166,9 +168,10 @@ def render(summary: RunSummary, page: Optional[str] = None) -> str:
                   f"  TensorBoard: {nodes[node].outputs['model_run'][0]}"]
     if nodes_lib.INDEX in nodes:
         index = nodes[nodes_lib.INDEX]
-        props = index.properties["scann_model"]
+        props = index.properties[index_executor.SCANN_MODEL_KEY]
         recall = {k: v for k, v in props.items() if k.startswith("recall_at_")}
-        lines.append(f"IndexBuilder [{index.state}] -> {index.outputs['scann_model'][0]} "
+        scann_uri = index.outputs[index_executor.SCANN_MODEL_KEY][0]
+        lines.append(f"IndexBuilder [{index.state}] -> {scann_uri} "
                      f"({props.get('items')} items, ScaNN {recall} vs brute force)")
     lines += _evaluation_lines(summary)
     if summary.served:
@@ -188,7 +191,7 @@ def _data_lines(summary: RunSummary) -> list[str]:
         if node in nodes:
             props = nodes[node].properties["examples"]
             span = f" span {props.get('span')}" if label == "logs" and "span" in props else ""
-            lines.append(f"Ingested {label}{span}: {props.get('rows_ok', 0)} rows, "
+            lines.append(f"Ingested {label}{span}: {props.get(ingest_executor.ROWS_OK, 0)} rows, "
                          f"{step_lines.rejects(props)} [{nodes[node].state}] -> "
                          f"{nodes[node].outputs['examples'][0]}")
     if nodes_lib.JOIN in nodes:
@@ -199,7 +202,8 @@ def _data_lines(summary: RunSummary) -> list[str]:
             f"  items (catalog): {split_line(props, features.CATALOG_SPLIT)}",
             f"  pairs train:     {split_line(props, features.TRAIN_SPLIT)}",
             f"  pairs eval:      {split_line(props, features.EVAL_SPLIT)}",
-            f"  log rows rejected, item not in catalog: {props.get('rejected_unknown_item', 0)}",
+            "  log rows rejected, item not in catalog: "
+            f"{props.get(join_executor.REJECTED_UNKNOWN, 0)}",
             f"  (head = top {summary.config.spec.head_fraction:.0%} of items seen in training by "
             "frequency; cold = unseen)"]
         if summary.config.spec.cold_item_percent:
