@@ -10,7 +10,7 @@ second of wall time.
 
 Part 2: the endpoint (``python -m serving.server``, its own process) serving
 the exports pushed by the pipeline run under ``--run-root`` (MovieLens-1M by
-default), loaded by ``python -m serving.load`` (another process: keep-alive
+default), loaded by ``python -m benchmarks.load`` (another process: keep-alive
 HTTP/1.1 clients, one single-query REST request at a time each) at 1, 8 and
 32 clients: p50 / p99 latency, requests/s, errors. The floor is the
 signature's own time in process (``model_call_p50_ms``). The ScaNN export is
@@ -37,7 +37,8 @@ import tempfile
 import time
 import urllib.request
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
 import numpy as np  # noqa: E402
@@ -47,7 +48,7 @@ import tensorflow as tf  # noqa: E402
 from benchmarks.common import write_results  # noqa: E402
 from components.index import search  # noqa: E402
 from serving import batching, codec  # noqa: E402
-from serving import signatures as sig
+from serving import signatures as sig  # noqa: E402
 
 DIM = 64
 CLIENTS = (1, 8, 32)
@@ -147,11 +148,11 @@ class ServerProcess:
 
     def __init__(self, bases: dict[str, str], *flags: str) -> None:
         cmd = [sys.executable, "-m", "serving.server", "--rest-port", "0", "--grpc-port", "0",
-               "--poll-seconds", "0.5", *flags]
+               "--poll-seconds", "0.5", "--log-dir", os.path.join(ROOT, "runs", "logs"), *flags]
         for name, base in bases.items():
             cmd += ["--model", f"{name}={base}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                                     text=True)
+                                     text=True, cwd=ROOT)
         line = self.proc.stdout.readline()
         if "REST http://" not in line:
             self.proc.kill()
@@ -165,12 +166,12 @@ class ServerProcess:
 
 def load(url: str, bodies_file: str, clients: int, seconds: float, warmup: float,
          record: str = "") -> dict:
-    """Runs ``python -m serving.load`` as its own process; returns its summary."""
-    cmd = [sys.executable, "-m", "serving.load", "--url", url, "--bodies", bodies_file,
+    """Runs ``python -m benchmarks.load`` as its own process; returns its summary."""
+    cmd = [sys.executable, "-m", "benchmarks.load", "--url", url, "--bodies", bodies_file,
            "--clients", str(clients), "--seconds", str(seconds), "--warmup", str(warmup)]
     if record:
         cmd += ["--record", record]
-    out = subprocess.run(cmd, check=True, capture_output=True, text=True)
+    out = subprocess.run(cmd, check=True, capture_output=True, text=True, cwd=ROOT)
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
@@ -223,10 +224,10 @@ def swap_case(scann_base: str, brute_base: str, bodies: list[bytes], bodies_file
     server = ServerProcess({"ssl4rec": base})
     try:
         client = subprocess.Popen(
-            [sys.executable, "-m", "serving.load", "--url",
+            [sys.executable, "-m", "benchmarks.load", "--url",
              f"{server.url}/v1/models/ssl4rec:predict", "--bodies", bodies_file,
              "--clients", "32", "--seconds", str(3 * seconds), "--warmup", "1",
-             "--record", record], stdout=subprocess.PIPE, text=True)
+             "--record", record], stdout=subprocess.PIPE, text=True, cwd=ROOT)
         time.sleep(1 + seconds / 2)
         shutil.copytree(_latest(brute_base), os.path.join(work, "incoming"))
         os.rename(os.path.join(work, "incoming"), os.path.join(base, "2"))
@@ -280,7 +281,7 @@ def _endpoint_lines(values: dict[str, object]) -> list[str]:
              f"Exports of the pipeline run under `{values['run_root']}`; "
              f"{values['endpoint_bodies']} single-query REST bodies (catalog items), "
              f"{values['endpoint_seconds']} s per level after 2 s of warm-up, keep-alive "
-             "HTTP/1.1 clients (`python -m serving.load`). Machine load (1-minute average, "
+             "HTTP/1.1 clients (`python -m benchmarks.load`). Machine load (1-minute average, "
              f"other jobs included): {values['machine_load_avg_1m_before']} before, "
              f"{values['machine_load_avg_1m_after']} after the endpoint runs.", "",
              "| export | clients | p50 ms | p99 ms | requests/s | errors | call p50 ms |",

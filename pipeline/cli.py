@@ -63,6 +63,9 @@ def _parser() -> argparse.ArgumentParser:
     syn.add_argument("--pairs", type=int, default=20000)
     syn.add_argument("--spans", type=int, default=1)
     syn.add_argument("--seed", type=int, default=0)
+    syn.add_argument("--long-tail", action="store_true",
+                     help="with --rich: communities and creator / tags features whose "
+                          "vocabularies grow with the catalog")
     syn.add_argument("--rich", action="store_true",
                      help="the feature-rich latent-factor benchmark (pipeline/datasets/rich.py; "
                           "--spans is ignored)")
@@ -121,24 +124,31 @@ def _run(args: argparse.Namespace) -> int:
                    console.log_path(run_root), args.verbose)
 
 
+def _write_dataset(args: argparse.Namespace) -> str:
+    """``movielens`` / ``synthetic``: writes the dataset; the path of its spec."""
+    if args.command == "movielens":
+        from pipeline.datasets import movielens
+        return movielens.prepare(args.out, args.cache)
+    if args.rich:
+        from pipeline.datasets import rich
+        return rich.generate(rich.RichConfig(n_items=args.items, n_pairs=args.pairs,
+                                             seed=args.seed, long_tail=args.long_tail), args.out)
+    from pipeline.datasets import synthetic
+    return synthetic.generate(synthetic.SyntheticConfig(
+        n_items=args.items, n_pairs=args.pairs, spans=args.spans, seed=args.seed), args.out)
+
+
 def main(argv: Sequence[str]) -> int:
     """Runs one command; bad specs and bad input exit 2 with the reason."""
     args = _parser().parse_args(argv)
     try:
         if args.command == "run":
             return _run(args)
-        if args.command == "movielens":
-            from pipeline.datasets import movielens
-            print(movielens.prepare(args.out, args.cache))
-            return 0
-        if args.rich:
-            from pipeline.datasets import rich
-            print(rich.generate(rich.RichConfig(
-                n_items=args.items, n_pairs=args.pairs, seed=args.seed), args.out))
-            return 0
-        from pipeline.datasets import synthetic
-        print(synthetic.generate(synthetic.SyntheticConfig(
-            n_items=args.items, n_pairs=args.pairs, spans=args.spans, seed=args.seed), args.out))
+        spec_path = _write_dataset(args)
+        from pipeline.datasets import stats
+
+        print(spec_path)
+        print(stats.describe(stats.of_spec(spec_path)))
         return 0
     except Exception as e:  # noqa: BLE001 (re-raised unless it is bad input)
         from pipeline import job

@@ -4,6 +4,8 @@ import os
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 
+import sys  # noqa: E402
+
 from serving.server import main  # noqa: E402
 
-main()
+sys.exit(main())

@@ -6,7 +6,9 @@ version completely and warms it up (one call of each signature on a
 one-row input, so the first real request does not pay for graph
 optimization), outside any lock, then swaps it in; requests that already
 hold the previous version finish on it. The newest ``keep`` versions
-stay addressable by ``/versions/<n>``.
+stay addressable by ``/versions/<n>``. Each load, served or failed, is
+reported once to an optional ``on_load`` callback as a :class:`LoadReport`
+(the command prints one console line per report).
 """
 
 from __future__ import annotations
@@ -16,7 +18,8 @@ import gc
 import logging
 import os
 import threading
-from typing import Any, Optional
+import time
+from typing import Any, Callable, Optional
 
 import tensorflow as tf
 from tensorflow.core.protobuf import meta_graph_pb2, saved_model_pb2
@@ -26,6 +29,28 @@ from serving import signatures as sig
 
 class NotFoundError(LookupError):
     """No such model or version (served as 404)."""
+
+
+@dataclasses.dataclass(frozen=True)
+class LoadReport:
+    """How loading one version went.
+
+    Attributes:
+      model: the served model's name.
+      version: the version folder's number.
+      path: the version folder.
+      seconds: wall time of the load and its warm-up (until it could be served).
+      error: why it failed to load (first line of the error), or ``""`` once served.
+    """
+
+    model: str
+    version: int
+    path: str
+    seconds: float
+    error: str = ""
+
+
+OnLoad = Callable[[LoadReport], None]
 
 
 @dataclasses.dataclass
@@ -91,10 +116,19 @@ def version_folders(base: str) -> list[int]:
 
 
 class ServedModel:
-    """The loaded versions of one model name."""
+    """The loaded versions of one model name.
 
-    def __init__(self, name: str, base: str, keep: int = 2) -> None:
+    Args:
+      name: the served name.
+      base: the base folder holding ``<version>/`` SavedModels.
+      keep: how many of the newest versions stay loaded.
+      on_load: called once per version after it was swapped in or failed to load.
+    """
+
+    def __init__(self, name: str, base: str, keep: int = 2,
+                 on_load: Optional[OnLoad] = None) -> None:
         self.name, self.base, self.keep = name, base, keep
+        self.on_load = on_load
         self._versions: dict[int, Version] = {}
         self._failed: set[int] = set()
         self._lock = threading.Lock()
@@ -107,21 +141,30 @@ class ServedModel:
                   if v not in loaded and v not in self._failed]
         for number in wanted:
             path = os.path.join(self.base, str(number))
+            start = time.perf_counter()
             try:
                 version = Version(number, path, tf.saved_model.load(path), _signature_defs(path))
                 warm_up(version)
             except Exception as e:  # noqa: BLE001  a bad version must not stop serving
-                logging.error("model %s: version %d at %s failed to load: %s", self.name,
-                              number, path, e)
+                logging.exception("model %s: version %d at %s failed to load", self.name,
+                                  number, path)
                 self._failed.add(number)
+                self._report(number, path, start, f"{type(e).__name__}: "
+                             f"{(str(e).strip().splitlines() or [''])[0]}")
                 continue
             with self._lock:
                 self._versions[number] = version
                 for old in sorted(self._versions)[:-self.keep]:
                     del self._versions[old]
             logging.info("model %s: serving version %d", self.name, number)
+            self._report(number, path, start, "")
         with self._lock:
             return sorted(self._versions)
+
+    def _report(self, number: int, path: str, start: float, error: str) -> None:
+        if self.on_load is not None:
+            self.on_load(LoadReport(self.name, number, path, time.perf_counter() - start,
+                                    error))
 
     def get(self, number: Optional[int] = None) -> Version:
         """The newest version, or version ``number``."""
@@ -142,10 +185,18 @@ class ServedModel:
 
 
 class ModelManager:
-    """Every served model, plus a poller thread that picks up new versions."""
+    """Every served model, plus a poller thread that picks up new versions.
 
-    def __init__(self, bases: dict[str, str], poll_seconds: float = 2.0) -> None:
-        self.models = {name: ServedModel(name, base) for name, base in bases.items()}
+    Args:
+      bases: served name -> base folder.
+      poll_seconds: how often the base folders are checked for new versions.
+      on_load: called once per version loaded (or failed), from the thread loading it.
+    """
+
+    def __init__(self, bases: dict[str, str], poll_seconds: float = 2.0,
+                 on_load: Optional[OnLoad] = None) -> None:
+        self.models = {name: ServedModel(name, base, on_load=on_load)
+                       for name, base in bases.items()}
         self.poll_seconds = poll_seconds
         self._stop = threading.Event()
         self._thread: Optional[threading.Thread] = None

@@ -9,6 +9,24 @@ pushed to a model's base folder are loaded, warmed up and swapped in without
 a restart.
 
 ``python -m serving.server --model ssl4rec=runs/movielens-1m/serving/ssl4rec``
+
+The command keeps a quiet console (:mod:`serving.console`): standard error
+gets the log file's path, then one line per model version loaded (name,
+version, seconds to load and warm up; a version that fails to load gets a
+``FAILED`` line instead, and a model with no version yet one line saying
+so); standard output gets one line once both servers listen::
+
+    serving ['ssl4rec']: REST http://127.0.0.1:8501 gRPC 127.0.0.1:8500
+
+(scripts and benchmarks read that line; with port 0 it holds the ports
+picked). Versions pushed later get their line when they are swapped in.
+Everything else (TensorFlow's C++ logging, absl and Python logging, Python
+warnings, tracebacks) goes to the log, ``<--log-dir>/serve-<local time>-<pid>.log``;
+``--verbose`` copies the log to standard error as it is written.
+``--log-dir`` defaults to ``logs`` in the working directory, not beside the
+model folders: those may be remote (``gs://``) or read-only, and the
+pipeline lists its serving folder's entries as the served models.
+A failure to start prints its reason and the log's path, exit code 1.
 """
 
 from __future__ import annotations
@@ -20,17 +38,18 @@ import logging
 import os
 import sys
 import threading
+import time
+import traceback
 from concurrent import futures
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import grpc
-from tensorflow_serving.apis import prediction_service_pb2_grpc
 
-from serving import http
-from serving.batching import Batcher
-from serving.grpc_service import PredictionService
-from serving.models import ModelManager
-from serving.rest import RestApi
+from serving import console
+
+if TYPE_CHECKING:   # imported when used: TensorFlow must load after the console opened
+    from serving.batching import Batcher
+    from serving.models import LoadReport, ModelManager, OnLoad
 
 # How often the interpreter lets another thread take the GIL (Python's default
 # is 5 ms): the event loop, the batcher and gRPC threads take turns faster.
@@ -76,11 +95,17 @@ class Server:
     """REST + gRPC servers sharing one :class:`ModelManager` and :class:`Batcher`."""
 
     def __init__(self, bases: dict[str, str], options: Optional[Options] = None,
-                 **overrides: object) -> None:
-        """Serves ``bases`` (name -> base folder) with ``options``, any field overridden."""
+                 on_load: Optional[OnLoad] = None, **overrides: object) -> None:
+        """Serves ``bases`` (name -> base folder) with ``options``, any field overridden.
+
+        ``on_load`` gets a :class:`serving.models.LoadReport` for each version
+        loaded or failed, now and when new versions are pushed.
+        """
+        from serving.models import ModelManager
+
         options = dataclasses.replace(options or Options(), **overrides)
         self.options = options
-        self.manager = ModelManager(bases, options.poll_seconds)
+        self.manager: ModelManager = ModelManager(bases, options.poll_seconds, on_load)
         self.batcher: Optional[Batcher] = None
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=options.grpc_threads),
@@ -94,6 +119,13 @@ class Server:
 
     def start(self) -> Server:
         """Loads the models and starts serving in background threads."""
+        from tensorflow_serving.apis import prediction_service_pb2_grpc
+
+        from serving import http
+        from serving.batching import Batcher
+        from serving.grpc_service import PredictionService
+        from serving.rest import RestApi
+
         o = self.options
         self.manager.start()
         self.batcher = Batcher(o.max_batch_size, o.batch_timeout_micros, o.num_batch_threads)
@@ -130,23 +162,83 @@ def _parser() -> argparse.ArgumentParser:
     for field in dataclasses.fields(Options):
         parser.add_argument("--" + field.name.replace("_", "-"), type=type(field.default),
                             default=field.default)
+    parser.add_argument("--log-dir", default="logs",
+                        help="folder of the log file (default: %(default)s, in the working "
+                             "directory)")
+    parser.add_argument("--verbose", action="store_true",
+                        help="stream the full log (TensorFlow, absl, warnings) to stderr too")
     return parser
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    """Entry point: ``python -m serving.server --model NAME=BASE_DIR ...``."""
-    args = vars(_parser().parse_args(argv))
-    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
-    bases = dict(m.split("=", 1) for m in args.pop("model"))
+def _bases(parser: argparse.ArgumentParser, models: list[str]) -> dict[str, str]:
+    bases = {}
+    for model in models:
+        name, _, base = model.partition("=")
+        if not name or not base:
+            parser.error(f"--model: expected NAME=BASE_DIR, got {model!r}")
+        if name in bases:
+            parser.error(f"--model: {name!r} given twice; each name serves one base folder")
+        bases[name] = base
+    return bases
+
+
+def load_line(report: LoadReport) -> str:
+    """The console line of one version loaded (or failed)."""
+    stamp = time.strftime("%H:%M:%S")
+    if report.error:
+        return (f"{stamp} FAILED {report.model} version {report.version}: {report.error} "
+                f"(not served; {report.path})")
+    return f"{stamp} loaded {report.model} version {report.version} in {report.seconds:.1f} s"
+
+
+def _serve(out: console.Console, bases: dict[str, str], options: Options) -> int:
+    """Starts the endpoint and serves until interrupted; returns the exit code."""
+    out.say(f"Log: {out.log_path}" + ("" if out.verbose else " (--verbose streams it)"))
     logging.basicConfig(level=logging.INFO)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    import scann  # noqa: F401  registers ScaNN's ops before any model loads
+    server = None
+    try:
+        import scann  # noqa: F401  registers ScaNN's ops before any model loads
 
-    server = Server(bases, Options(**args)).start()
-    print(f"serving {sorted(bases)}: REST http://{server.options.host}:{server.rest_port} "
-          f"gRPC {server.options.host}:{server.grpc_port}", flush=True)
-    threading.Event().wait()
+        server = Server(bases, options, on_load=lambda report: out.say(load_line(report)))
+        server.start()
+        for name, model in server.manager.models.items():
+            if not model.versions():
+                out.say(f"{time.strftime('%H:%M:%S')} {name}: no version under {model.base} "
+                        f"yet (checked every {options.poll_seconds:g} s)")
+        out.say(f"serving {sorted(bases)}: REST http://{options.host}:{server.rest_port} "
+                f"gRPC {options.host}:{server.grpc_port}", stream=console.STDOUT)
+        threading.Event().wait()
+    except KeyboardInterrupt:
+        return 0
+    except Exception as e:  # noqa: BLE001  reported with the log's path, then exit 1
+        traceback.print_exc()
+        out.say(f"FAILED to start: {type(e).__name__}: "
+                f"{(str(e).strip().splitlines() or [''])[0]}")
+        out.say(f"Full detail: {out.log_path}")
+        return 1
+    finally:
+        if server is not None:
+            server.stop()
+    return 0
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    """Entry point: ``python -m serving.server --model NAME=BASE_DIR ...``; the exit code."""
+    parser = _parser()
+    args = vars(parser.parse_args(argv))
+    bases = _bases(parser, args.pop("model"))
+    verbose, log_dir = args.pop("verbose"), args.pop("log_dir")
+    os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+    path = console.log_file(log_dir, "serve")
+    try:
+        with console.Console(path, verbose=verbose, stream=console.STDERR) as out:
+            return _serve(out, bases, Options(**args))
+    except OSError as e:    # only opening the log raises here: _serve reports its own errors
+        print(f"error: cannot write the log {path}: {e}; choose a folder with --log-dir",
+              file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
-    main()
+    sys.exit(main())

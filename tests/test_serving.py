@@ -1,5 +1,6 @@
 """The endpoint over REST and gRPC on ephemeral ports, against a NumPy oracle."""
 
+import base64
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from components.trainer.model import TwoTowerSSL
 from components.trainer.run import feature_layout
 from serving import batching
 from serving import signatures as sig
+from serving.models import LoadReport, ModelManager
 from serving.server import Options, Server
 from tests.conftest import catalog_row, serialize_example, tiny_spec, write_transform_graph
 
@@ -45,9 +47,13 @@ def _items():
                          [b"y%d" % rng.integers(5)]) for k in range(N_ITEMS)]
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory, request):
-    root = tmp_path_factory.mktemp("serving")
+def export_models(root):
+    """Exports the tiny retrieval models in TF Serving's layout under ``root``/serving.
+
+    Returns the served bases (``tiny``: brute force, ``tiny_scann``: ScaNN's
+    ops) with what the NumPy oracle needs: the query model, the catalog's
+    item embeddings and ids, the query feature keys and the catalog rows.
+    """
     spec = tiny_spec(str(root))
     rows = _items()
     tft_out = tft.TFTransformOutput(write_transform_graph(spec, rows))
@@ -77,12 +83,20 @@ def served(tmp_path_factory, request):
     index_export.save(index_export.RetrievalModule(query_model, ids, items, K, searcher,
                                                    exclude_key="query_item_id"),
                       os.path.join(bases["tiny_scann"], "1"))
-    server = Server(bases, Options(rest_port=0, grpc_port=0, max_batch=8,
-                                   max_body_bytes=200_000, read_timeout=1.0,
-                                   poll_seconds=0.2)).start()
+    return {"query_model": query_model, "items": items, "ids": ids, "bases": bases,
+            "query_keys": query_keys, "query_dir": query_dir, "rows": rows}
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory, request):
+    exported = export_models(tmp_path_factory.mktemp("serving"))
+    # A generous read timeout: on a busy machine a client thread may wait for
+    # the GIL between sending headers and body (the 408 test has its own server).
+    server = Server(exported["bases"], Options(rest_port=0, grpc_port=0, max_batch=8,
+                                               max_body_bytes=200_000, read_timeout=30.0,
+                                               poll_seconds=0.2)).start()
     request.addfinalizer(server.stop)
-    return {"server": server, "query_model": query_model, "items": items, "ids": ids,
-            "bases": bases, "query_keys": query_keys, "query_dir": query_dir, "rows": rows}
+    return {**exported, "server": server}
 
 
 def _post(served, path, body, raw=None):
@@ -155,7 +169,7 @@ def test_grpc_predict_and_metadata_match_numpy(served):
     response = stub.Predict(request, timeout=30)
     np.testing.assert_allclose(tf.make_ndarray(response.outputs[sig.SCORES]), exact_scores,
                                rtol=1e-5, atol=1e-6)
-    assert response.model_spec.version.value == 1
+    assert response.model_spec.version.value in _versions(served, "tiny")
     meta_request = get_model_metadata_pb2.GetModelMetadataRequest()
     meta_request.model_spec.name = "tiny"
     meta_request.metadata_field.append("signature_def")
@@ -169,6 +183,58 @@ def test_grpc_predict_and_metadata_match_numpy(served):
     with pytest.raises(grpc.RpcError) as e:
         stub.Predict(bad, timeout=30)
     assert e.value.code() == grpc.StatusCode.INVALID_ARGUMENT
+
+
+def _query_examples(served, queries=QUERIES):
+    """Each query as a serialized tf.Example of its query features (no padding)."""
+    return [tf.train.Example(features=tf.train.Features(feature={
+        k: tf.train.Feature(bytes_list=tf.train.BytesList(value=[v.encode() for v in q[k] if v]))
+        for k in served["query_keys"]})).SerializeToString() for q in queries]
+
+
+def test_b64_examples_over_rest_match_grpc_and_numpy(served):
+    """TF Serving's {"b64": ...} binary strings reach the signature as the bytes sent."""
+    examples = _query_examples(served)
+    stub = prediction_service_pb2_grpc.PredictionServiceStub(
+        grpc.insecure_channel(f"127.0.0.1:{served['server'].grpc_port}"))
+    request = predict_pb2.PredictRequest()
+    request.model_spec.name = "tiny"
+    request.model_spec.signature_name = sig.RETRIEVE_EXAMPLES
+    request.inputs[sig.EXAMPLES].CopyFrom(tf.make_tensor_proto(np.array(examples, dtype=object)))
+    response = stub.Predict(request, timeout=30)
+    grpc_scores = tf.make_ndarray(response.outputs[sig.SCORES])
+    grpc_ids = tf.make_ndarray(response.outputs[sig.ITEM_IDS]).astype(str)
+    exact_scores, exact_ids = _oracle(served)
+    np.testing.assert_allclose(grpc_scores, exact_scores, rtol=1e-5, atol=1e-6)
+    assert list(grpc_ids[:, 0]) == list(exact_ids[:, 0])
+
+    b64 = [{"b64": base64.b64encode(e).decode()} for e in examples]
+    named = [{sig.EXAMPLES: v} for v in b64]
+    for body in [{"instances": b64}, {"instances": named}, {"inputs": {sig.EXAMPLES: b64}},
+                 {"inputs": b64}]:
+        code, reply = _post(served, "/v1/models/tiny:predict",
+                            {"signature_name": sig.RETRIEVE_EXAMPLES, **body})
+        assert code == 200, (body, reply)
+        if "instances" in body:
+            scores = np.array([p[sig.SCORES] for p in reply["predictions"]])
+            ids = np.array([p[sig.ITEM_IDS] for p in reply["predictions"]])
+        else:
+            scores = np.array(reply["outputs"][sig.SCORES])
+            ids = np.array(reply["outputs"][sig.ITEM_IDS])
+        np.testing.assert_allclose(scores, grpc_scores, rtol=1e-6, atol=1e-7)
+        np.testing.assert_array_equal(ids, grpc_ids)
+
+
+@pytest.mark.parametrize("value, message", [
+    ({"b64": "not base64!"}, "input 'examples': invalid base64 value: "),
+    ({"b64": "abcde"}, "input 'examples': invalid base64 value: "),
+    ({"b64": 5}, "input 'examples': expected a string (or {\"b64\": ...}), got dict"),
+], ids=["bad-character", "bad-length", "not-a-string"])
+def test_malformed_b64_gets_400_naming_the_input(served, value, message):
+    code, reply = _post(served, "/v1/models/tiny:predict",
+                        {"signature_name": sig.RETRIEVE_EXAMPLES,
+                         "instances": [{sig.EXAMPLES: value}]})
+    assert code == 400 and reply["error"].startswith(message), reply
 
 
 def test_status_and_metadata(served):
@@ -233,19 +299,31 @@ def test_version_swap_under_live_requests_loses_none(served):
     assert _get(served, "/v1/models/tiny/versions/1")[0] == 200   # previous kept addressable
 
 
+def test_model_manager_reports_each_version_loaded_or_failed_once(served, tmp_path):
+    base = tmp_path / "model"
+    shutil.copytree(os.path.join(served["bases"]["tiny"], "1"), base / "3")
+    (base / "5" / "variables").mkdir(parents=True)          # complete-looking, unreadable
+    (base / "5" / "saved_model.pb").write_bytes(b"not a SavedModel")
+    (base / "5" / "variables" / "variables.index").write_bytes(b"")
+    reports = []
+    manager = ModelManager({"m": str(base)}, on_load=reports.append)
+    manager.refresh()
+    manager.refresh()                                        # nothing new: no report
+    assert manager.get("m").versions() == [3]
+    assert [(r.model, r.version, bool(r.error)) for r in reports] == \
+        [("m", 3, False), ("m", 5, True)]
+    assert isinstance(reports[0], LoadReport) and reports[0].seconds > 0
+    assert reports[0].path == str(base / "3")
+    assert reports[1].error.startswith("OSError: Cannot parse file")
+
+
 def test_evaluate_signature_top_k_and_own_item_excluded(served, tmp_path):
     """The Evaluator's signature: top-K ids over the catalog, scores (1 + cos) / 2."""
     module = index_export.RetrievalModule(served["query_model"], served["ids"],
                                           served["items"], K, exclude_key="query_item_id")
     index_export.save(module, str(tmp_path / "eval"))
     evaluate = tf.saved_model.load(str(tmp_path / "eval")).signatures[sig.EVALUATE]
-    examples = []
-    for q in QUERIES:
-        feats = {k: tf.train.Feature(bytes_list=tf.train.BytesList(
-            value=[v.encode() for v in q[k] if v])) for k in served["query_keys"]}
-        examples.append(tf.train.Example(features=tf.train.Features(
-            feature=feats)).SerializeToString())
-    out = evaluate(examples=tf.constant(examples))
+    out = evaluate(examples=tf.constant(_query_examples(served)))
     dense = {k: tf.constant([[*q[k], *[""] * (2 - len(q[k]))] for q in QUERIES])
              for k in served["query_keys"]}
     emb = served["query_model"].signatures[sig.QUERY_EMBEDDING](**dense)[sig.EMBEDDING].numpy()
@@ -258,6 +336,11 @@ def test_evaluate_signature_top_k_and_own_item_excluded(served, tmp_path):
     classes = out[sig.CLASSES].numpy().astype(str)
     for row, q in enumerate(QUERIES):
         assert q["query_item_id"][0] not in classes[row]
+
+
+def _versions(served, name):
+    """The version numbers under a served model's base folder (tests may add some)."""
+    return {int(v) for v in os.listdir(served["bases"][name]) if v.isdigit()}
 
 
 def _connect(served):
@@ -311,7 +394,17 @@ def test_content_length_over_the_limit_gets_413_without_the_body_being_read(serv
     _alive(served)
 
 
-def test_lying_content_length_and_trickling_body_time_out_with_408(served):
+@pytest.fixture
+def impatient(served):
+    """A second endpoint on the same models with a 1 s read timeout."""
+    server = Server(served["bases"], Options(rest_port=0, grpc_port=0, read_timeout=1.0,
+                                             max_body_bytes=200_000)).start()
+    yield {**served, "server": server}
+    server.stop()
+
+
+def test_lying_content_length_and_trickling_body_time_out_with_408(impatient):
+    served = impatient
     with _connect(served) as sock:
         sock.sendall(b"POST /v1/models/tiny:predict HTTP/1.1\r\nHost: x\r\n"
                      b"Content-Length: 5000\r\n\r\n{")        # 1 of 5000 bytes, then nothing

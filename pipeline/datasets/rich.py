@@ -28,6 +28,32 @@ The model (all draws from one seeded generator):
 
   So the dependence structure is four groups of three features, a
   near-unique feature and a noise feature; the id is unique.
+* **Long tail (``long_tail=True``), as in the paper's app and Wikipedia
+  catalogs.** Each latent cluster (below) splits into *communities* of
+  about ``community_items`` items (``max(1, n_items // (community_items *
+  240))`` per cluster), so at large sizes there are more communities than
+  the low-cardinality features can name. Two features whose vocabularies
+  grow with the catalog express the community:
+
+  ========== ============================================================
+  feature    distribution
+  ========== ============================================================
+  ``creator`` single-valued, like a developer / author: value sizes
+             (items per value) drawn from a discrete power law
+             ``P(s) ~ s^-value_size_exponent`` on ``1..n_items // 50``, so
+             most values hold 1-3 items and a few hold thousands; items
+             ordered by (cluster, community, random) are cut into
+             consecutive runs of those sizes, so a small value lies inside
+             one community and a large one spans neighbouring ones; with
+             probability 0.1 an item takes the value of a random item.
+  ``tags``   multi-valued (1-5 per item): five passes of the same draw,
+             each in its own random order within communities; an item
+             keeps its first 1-5 passes' values (noise 0.2 each).
+  ========== ============================================================
+
+  Engagement then follows communities instead of clusters, and popularity
+  is steeper where needed so that most items have at most 5 training pairs
+  (:func:`pipeline.datasets.stats.long_tail` measures both shares).
 * **Popularity.** Items follow a Zipf law over a random ranking, so most
   items are rarely or never seen in the logs.
 * **Engagement.** As :func:`pipeline.datasets.synthetic.logs`: seeds by
@@ -58,6 +84,10 @@ GROUPS = {"theme": ("genre", "subgenre", "keywords"),
 MULTIVALUED = ("keywords", "audience_tags")
 INDEPENDENT = ("title", "price")
 FEATURES = (*[f for group in GROUPS.values() for f in group], *INDEPENDENT)
+#: The long-tail features, both expressing the (latent) community.
+LONG_TAIL_FEATURES = ("creator", "tags")
+#: Latent clusters: theme x origin x era // 2.
+N_CLUSTERS = 8 * 6 * 5
 
 SPEC_YAML = """\
 # Feature-rich latent-factor benchmark (written by pipeline.datasets.rich).
@@ -88,8 +118,14 @@ class RichConfig:
       n_items: catalog size.
       n_pairs: log rows.
       zipf_exponent: popularity exponent.
-      same_cluster: probability the next item shares the seed's latent cluster.
+      same_cluster: probability the next item shares the seed's latent cluster
+        (with ``long_tail``: its community).
       seed: random seed; equal seeds give identical files.
+      long_tail: add the communities and the ``creator`` and ``tags``
+        features whose vocabularies grow with the catalog (module docstring).
+      community_items: items per community (``long_tail``).
+      value_size_exponent: power-law exponent of the items per ``creator`` /
+        ``tags`` value (``long_tail``).
     """
 
     n_items: int = 20_000
@@ -97,6 +133,19 @@ class RichConfig:
     zipf_exponent: float = 1.1
     same_cluster: float = 0.8
     seed: int = 0
+    long_tail: bool = False
+    community_items: int = 32
+    value_size_exponent: float = 2.0
+
+    @property
+    def features(self) -> tuple[str, ...]:
+        """The catalog's features besides the id, in column order."""
+        return (*FEATURES, *LONG_TAIL_FEATURES) if self.long_tail else FEATURES
+
+    @property
+    def multivalued(self) -> tuple[str, ...]:
+        """The multi-valued features."""
+        return (*MULTIVALUED, "tags") if self.long_tail else MULTIVALUED
 
 
 def _noisy(rng: np.random.Generator, values: np.ndarray, size: int, noise: float
@@ -119,7 +168,7 @@ def _multi(rng: np.random.Generator, cls: np.ndarray, per_class: int, max_values
 
 
 def catalog(config: RichConfig, rng: np.random.Generator) -> tuple[pd.DataFrame, np.ndarray]:
-    """The catalog (one row per item) and each item's latent cluster."""
+    """The catalog (one row per item) and each item's latent cluster (or community)."""
     n = config.n_items
     z = {name: rng.integers(0, size, n) for name, size in FACTORS.items()}
 
@@ -145,7 +194,48 @@ def catalog(config: RichConfig, rng: np.random.Generator) -> tuple[pd.DataFrame,
         "price": coded("p", rng.integers(0, 10, n)),
     })
     cluster = (z["theme"] * 6 + z["origin"]) * 5 + z["era"] // 2
-    return frame, cluster
+    if not config.long_tail:
+        return frame, cluster
+    per_cluster = max(1, n // (config.community_items * N_CLUSTERS))
+    community = cluster * per_cluster + rng.integers(0, per_cluster, n)
+    max_size = max(1, n // 50)
+    frame["creator"] = np.char.add("cr", _runs(rng, community, config.value_size_exponent,
+                                                max_size, 0.1).astype(str))
+    passes = [np.char.add(f"t{t}_", _runs(rng, community, config.value_size_exponent,
+                                           max_size, 0.2).astype(str)) for t in range(5)]
+    keep = rng.integers(1, 6, n)
+    frame["tags"] = ["|".join(row[:k]) for row, k in zip(zip(*passes), keep)]
+    return frame, community
+
+
+def value_sizes(rng: np.random.Generator, total: int, exponent: float, max_size: int
+                ) -> np.ndarray:
+    """Items per value, from ``P(s) ~ s^-exponent`` on ``1..max_size``, summing to ``total``."""
+    support = np.arange(1, max_size + 1)
+    p = support ** -exponent
+    p /= p.sum()
+    mean = float(support @ p)
+    sizes = rng.choice(support, size=int(total / mean * 1.2) + 16, p=p)
+    cut = int(np.searchsorted(np.cumsum(sizes), total))
+    sizes = sizes[: cut + 1].copy()
+    sizes[-1] -= int(sizes.sum()) - total
+    return sizes[sizes > 0]
+
+
+def _runs(rng: np.random.Generator, community: np.ndarray, exponent: float, max_size: int,
+          noise: float) -> np.ndarray:
+    """Value index per item: runs of power-law sizes over items sorted by community.
+
+    With probability ``noise`` an item takes the value of a uniformly drawn item.
+    """
+    n = len(community)
+    order = np.lexsort((rng.random(n), community))
+    sizes = value_sizes(rng, n, exponent, max_size)
+    values = np.empty(n, dtype=np.int64)
+    values[order] = np.repeat(rng.permutation(len(sizes)), sizes)
+    noisy = rng.random(n) < noise
+    values[noisy] = values[rng.integers(0, n, int(noisy.sum()))]
+    return values
 
 
 def generate(config: RichConfig, out_dir: str) -> str:
@@ -164,7 +254,8 @@ def generate(config: RichConfig, out_dir: str) -> str:
     synthetic.write_shards(items, os.path.join(out_dir, "catalog"), "items", 250_000)
     synthetic.write_shards(pairs, os.path.join(out_dir, "logs", "span-1"), "pairs", 250_000)
     multi = ', multivalued: true, separator: "|"'
-    lines = [f"    - {{name: {f}{multi if f in MULTIVALUED else ''}}}" for f in FEATURES]
+    lines = [f"    - {{name: {f}{multi if f in config.multivalued else ''}}}"
+             for f in config.features]
     spec_path = os.path.join(out_dir, "dataset.yaml")
     with open(spec_path, "w", encoding="utf-8") as f:
         f.write(SPEC_YAML.format(features="\n".join(lines)))

@@ -1,6 +1,6 @@
 """A load generator for the REST endpoint, run as its own process.
 
-``python -m serving.load --url URL --bodies FILE --clients N --seconds S``
+``python -m benchmarks.load --url URL --bodies FILE --clients N --seconds S``
 opens ``N`` keep-alive HTTP/1.1 connections; each sends the request bodies
 of ``FILE`` (one JSON body per line, taken in turn) one after the other for
 ``S`` seconds, after ``--warmup`` seconds that are not counted. Prints one
@@ -99,7 +99,7 @@ def summary(results: list, seconds: float) -> dict[str, float]:
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
     """Runs the load and prints the summary as JSON."""
-    parser = argparse.ArgumentParser(prog="python -m serving.load", description=__doc__,
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.load", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--url", required=True)
     parser.add_argument("--bodies", required=True, help="file: one JSON body per line")
