@@ -81,6 +81,10 @@ VARIANTS: dict[str, Variant] = {
     "independent_masks": Variant(masking="independent", value_dropout=True, **_SSL),
     "cfm_no_dropout": Variant(masking="cfm", **_SSL),
     "dropout_only": Variant(value_dropout=True, **_SSL),
+    # Negative sampling and SSL combined: the uniform catalog batch is both
+    # the extra negatives of the main loss and the SSL loss's batch.
+    "mns_cfm": Variant(masking="cfm", value_dropout=True, extra_negatives=True, **_SSL),
+    "mns_so": Variant(extra_negatives=True, **_SSL),
 }
 STRATEGIES = ("default", "mirrored", "multi_worker_mirrored")
 ACTIVATIONS = ("relu", "gelu", "tanh", "swish")
