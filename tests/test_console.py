@@ -2,9 +2,11 @@
 
 import logging
 import os
+import re
 import subprocess
 import sys
 import textwrap
+import time
 
 import pytest
 import tensorflow as tf
@@ -118,3 +120,36 @@ def test_watching_hears_absl_and_restores_its_verbosity():
     absl_logging.info("Component %s is finished.", "Pusher")
     assert len(said) == 1 and said[0].endswith("start  Pusher")
     assert absl_logging.get_verbosity() == before
+
+
+def test_a_long_step_gets_heartbeat_lines_with_the_trainers_progress():
+    from components.trainer import progress as trainer_progress
+
+    said = []
+    watcher = progress.StepWatcher(said.append, lambda n: (1.0, "COMPLETE", ""), total=1,
+                                   heartbeat_s=0.2)
+    with progress.watching(watcher):
+        assert said == []                             # nothing runs: no heartbeat
+        watcher.emit(_record("node %s is running.", "Trainer"))
+        reporter = trainer_progress.Reporter(10, every_s=3600.0)
+        assert not reporter.due(5) and reporter.due(10)
+        reporter.report(5, 1.25)                      # through absl, as run_fn does
+        deadline = time.monotonic() + 30
+        while not any("step 5 of 10, loss 1.2500" in line for line in said):
+            assert time.monotonic() < deadline, said
+            time.sleep(0.05)
+        beat = next(line for line in said if "step 5 of 10" in line)
+        assert re.search(r" \.\.\.    Trainer +running for \d+ s: step 5 of 10, loss 1\.2500$",
+                         beat), beat
+        watcher.emit(_record("node %s is finished.", "Trainer"))
+        after = len(said)
+        time.sleep(1.0)                               # nothing runs any more
+        assert len(said) == after and said[-1].split()[1] == "done", said
+
+
+def test_progress_records_round_trip():
+    from components.trainer import progress as trainer_progress
+
+    assert trainer_progress.parse("Trainer progress: step 7 of 9, loss 0.5000") == (
+        "step 7 of 9, loss 0.5000")
+    assert trainer_progress.parse("node Trainer is running.") is None

@@ -13,7 +13,7 @@ import tf_keras
 
 from components.correlation import report as correlation_report
 from components.trainer import component as trainer_component
-from components.trainer import data, export
+from components.trainer import data, export, progress
 from components.trainer import hparams as hparams_lib
 from components.trainer.model import FeatureLayout, Sampling, TwoTowerSSL
 from transforms import features
@@ -66,16 +66,21 @@ class StopAtStep(tf_keras.callbacks.Callback):
 
     Keras trains whole epochs of ``steps_per_epoch`` steps; with this callback
     the last epoch is cut short, so a ``train_steps`` that is not a multiple of
-    ``steps_per_epoch`` is still the number of steps trained.
+    ``steps_per_epoch`` is still the number of steps trained. It also logs the
+    step and loss every few seconds (:mod:`components.trainer.progress`).
     """
 
     def __init__(self, steps: int) -> None:
         super().__init__()
         self.steps, self.done = steps, 0
+        self.reporter = progress.Reporter(steps)
+        self._supports_tf_logs = True    # the loss is read only when a record is due
 
     def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
-        """Stops the fit loop once ``steps`` batches were trained."""
+        """Stops the fit loop once ``steps`` batches were trained; reports progress."""
         self.done += 1
+        if self.reporter.due(self.done):
+            self.reporter.report(self.done, float((logs or {}).get("loss", float("nan"))))
         if self.done >= self.steps:
             self.model.stop_training = True
 

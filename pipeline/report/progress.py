@@ -6,6 +6,11 @@ finished.``, LocalDagRunner ``Component <id> is running.`` / ``... is
 finished.``. :class:`StepWatcher` listens for those records; when a step
 ends it reads the step's execution from ML Metadata for its wall time and
 its key figure.
+
+A long step does not look hung: while one runs, a heartbeat line
+(``... running <node> for <s> s``, with the Trainer's latest step and loss
+from :mod:`components.trainer.progress`) follows whenever the console has
+been silent for ``heartbeat_s`` seconds.
 """
 
 from __future__ import annotations
@@ -19,6 +24,11 @@ from typing import Callable, Iterator, Optional
 
 from absl import logging as absl_logging
 
+from components.trainer import progress as trainer_progress
+
+#: Longest console silence while a step runs, in seconds (a 1 s poll keeps it
+#: under 30 s).
+HEARTBEAT_S = 28.0
 _EVENT = re.compile(r"^(?:node|Component) (\S+) is (running|finished)\.$")
 
 
@@ -30,20 +40,37 @@ class StepWatcher(logging.Handler):
       describe: node id -> (seconds, state, key figure) of its latest
         execution, read once the step has finished.
       total: number of steps, for the ``[i/n]`` counter.
+      heartbeat_s: console silence, while a step runs, that brings a
+        heartbeat line.
     """
 
     def __init__(self, say: Callable[[str], None],
                  describe: Callable[[str], tuple[Optional[float], str, str]],
-                 total: int) -> None:
+                 total: int, heartbeat_s: float = HEARTBEAT_S) -> None:
         super().__init__(level=logging.INFO)
-        self._say, self._describe, self._total = say, describe, total
-        self._lock = threading.Lock()
+        self._describe, self._total = describe, total
+        self._print, self.heartbeat_s = say, heartbeat_s
+        self._lock = threading.RLock()
         self._started: dict[str, float] = {}
         self._finished: list[str] = []
+        self._last_line = time.monotonic()
+        self._progress: Optional[tuple[float, str]] = None
+        self._stop = threading.Event()
+        self._beat: Optional[threading.Thread] = None
+
+    def _say(self, line: str) -> None:
+        with self._lock:
+            self._last_line = time.monotonic()
+            self._print(line)
 
     def emit(self, record: logging.LogRecord) -> None:
         """Handles one absl record; every other record passes by."""
-        match = _EVENT.match(record.getMessage())
+        message = record.getMessage()
+        trained = trainer_progress.parse(message)
+        if trained:
+            self._progress = (time.time(), trained)
+            return
+        match = _EVENT.match(message)
         if not match:
             return
         node, what = match.groups()
@@ -54,6 +81,33 @@ class StepWatcher(logging.Handler):
             else:
                 self._finished.append(node)
                 self._say(self._end_line(node))
+
+    def start_heartbeat(self) -> None:
+        """Starts the heartbeat thread (:func:`watching` does)."""
+        self._stop.clear()
+        self._beat = threading.Thread(target=self._heartbeat, name="step-heartbeat",
+                                      daemon=True)
+        self._beat.start()
+
+    def stop_heartbeat(self) -> None:
+        """Stops the heartbeat thread."""
+        self._stop.set()
+        if self._beat is not None:
+            self._beat.join(timeout=5)
+
+    def _heartbeat(self) -> None:
+        while not self._stop.wait(min(1.0, self.heartbeat_s / 4)):
+            with self._lock:
+                running = self.unfinished
+                if running and time.monotonic() - self._last_line >= self.heartbeat_s:
+                    self._say(self._heartbeat_line(running[-1]))
+
+    def _heartbeat_line(self, node: str) -> str:
+        started = self._started[node]
+        line = f"{_clock()} ...    {node:<28} running for {time.time() - started:.0f} s"
+        if self._progress is not None and self._progress[0] >= started:
+            line += f": {self._progress[1]}"
+        return line
 
     def _end_line(self, node: str) -> str:
         seconds, state, figure = self._describe(node)
@@ -83,8 +137,10 @@ def watching(watcher: StepWatcher) -> Iterator[StepWatcher]:
     verbosity = absl_logging.get_verbosity()
     absl_logging.set_verbosity(absl_logging.INFO)
     absl_logging.get_absl_logger().addHandler(watcher)
+    watcher.start_heartbeat()
     try:
         yield watcher
     finally:
+        watcher.stop_heartbeat()
         absl_logging.get_absl_logger().removeHandler(watcher)
         absl_logging.set_verbosity(verbosity)
