@@ -18,7 +18,7 @@ BLESSING_CREATED_MS = 1_796_335_349_750
 def _blessing(tmp_path, created_ms):
     blessing = standard_artifacts.ModelBlessing()
     blessing.uri = str(tmp_path / "blessing")
-    os.makedirs(blessing.uri)
+    os.makedirs(blessing.uri, exist_ok=True)
     open(os.path.join(blessing.uri, "BLESSED"), "w").close()
     os.utime(os.path.join(blessing.uri, "BLESSED"), (1_700_000_000.9, 1_700_000_000.9))
     blessing.set_int_custom_property("blessed", 1)
@@ -29,7 +29,7 @@ def _blessing(tmp_path, created_ms):
 def _model(tmp_path, name):
     model = standard_artifacts.Model()
     model.uri = str(tmp_path / "models" / name)
-    os.makedirs(os.path.join(model.uri, "Format-Serving", "variables"))
+    os.makedirs(os.path.join(model.uri, "Format-Serving", "variables"), exist_ok=True)
     with open(os.path.join(model.uri, "Format-Serving", "saved_model.pb"), "w") as f:
         f.write(name)
     return model
@@ -78,3 +78,11 @@ def test_three_pushes_share_the_blessings_version(tmp_path, ticking_clock):
 def test_without_a_metadata_time_the_version_is_the_blessed_files(tmp_path, ticking_clock):
     versions = _push_all(tmp_path, _blessing(tmp_path, 0))
     assert set(versions.values()) == {"1700000000"}, versions
+
+
+def test_a_version_cut_short_is_copied_again(tmp_path):
+    blessing = _blessing(tmp_path, BLESSING_CREATED_MS)
+    first = _push_all(tmp_path, blessing)
+    folder = os.path.join(str(tmp_path / "run"), "serving", "ssl4rec", first["ssl4rec"])
+    os.remove(os.path.join(folder, "saved_model.pb"))           # a push killed midway
+    assert _push_all(tmp_path, blessing) == first               # reads saved_model.pb back

@@ -58,10 +58,12 @@ class Executor(pusher_executor.Executor):
                                       f"{destination.WhichOneof('destination')!r}.")
         model_path = self.GetModelPath(input_dict)
         serving_path = os.path.join(destination.filesystem.base_directory, version)
-        if fileio.exists(serving_path):
-            logging.info("Destination %s already exists, skipping the copy.", serving_path)
+        if fileio.exists(os.path.join(serving_path, "saved_model.pb")):
+            logging.info("Version %s is already complete at %s; not copied again.", version,
+                         serving_path)
         else:
-            # saved_model.pb last: servers take it as the sign that a version is complete.
+            # saved_model.pb last: servers take it as the sign that a version is complete
+            # (a copy cut short is redone: copy_dir empties the folder first).
             io_utils.copy_dir(model_path, serving_path, deny_regex_patterns=[r"saved_model\.pb"])
             saved_model = os.path.join(model_path, "saved_model.pb")
             if fileio.exists(saved_model):
