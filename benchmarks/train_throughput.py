@@ -77,9 +77,14 @@ def main() -> None:
     values: dict[str, object] = {"batch_size": args.batch, "steps_per_round": args.steps,
                                  "rounds": args.rounds}
     runs = {v: _Variant(v, args, spec, dirs, correlation) for v in hparams_lib.VARIANTS}
+    values["load_average_1m_start"] = round(os.getloadavg()[0], 2)
     for _ in range(args.rounds):
         for run in runs.values():
             run.time(args.steps)
+    # The machine's load over the timed rounds, this process included (it
+    # keeps about 1 to 2 threads busy): other jobs sharing the cores skew ratios.
+    values["load_average_1m_end"], values["load_average_5m_end"] = (
+        round(x, 2) for x in os.getloadavg()[:2])
     base = np.array(runs["baseline"].seconds_per_step)
     for variant, run in runs.items():
         mine = np.array(run.seconds_per_step)
@@ -97,7 +102,11 @@ def _markdown(values: dict[str, object]) -> str:
              f"{values['batch_size']} (SSL batch the same). All variants built and warmed up "
              f"in one process, then {values['rounds']} rounds of {values['steps_per_round']} "
              "steps of every variant in turn; ratios are medians over rounds of the "
-             "same-round ratio to the baseline.", "",
+             "same-round ratio to the baseline. Load average (1 min) when the timed rounds "
+             f"began: {values['load_average_1m_start']}; at their end: "
+             f"{values['load_average_1m_end']} (5 min: {values['load_average_5m_end']}); "
+             "the benchmark itself adds about 1 to 2 on the machine's "
+             f"{values['machine_cpus']} CPUs.", "",
              "| variant | examples/s | throughput vs baseline | step cost vs baseline |",
              "|---|---|---|---|"]
     for variant in hparams_lib.VARIANTS:

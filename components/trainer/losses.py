@@ -5,7 +5,7 @@ Shapes: ``N`` = batch size, ``D`` = embedding width.
 
 from __future__ import annotations
 
-from typing import Optional
+from typing import Callable, Optional
 
 import tensorflow as tf
 
@@ -22,28 +22,57 @@ def cosine_logits(a: tf.Tensor, b: tf.Tensor, temperature: float) -> tf.Tensor:
     return tf.matmul(a, b, transpose_b=True)
 
 
+@tf.custom_gradient
+def _fill_masked(logits: tf.Tensor, masked: tf.Tensor) -> tuple[tf.Tensor, Callable]:
+    """``where(masked, -1e9, logits)`` [N, M] whose gradient passes through unchanged.
+
+    Only for logits feeding :func:`_diagonal_softmax_loss`: a masked logit's
+    softmax weight ``exp(-1e9 - max)`` is exactly 0, so the gradient that
+    reaches it is already 0 and a select in the backward pass (plus a
+    zeros tensor) would only copy [N, M] numbers.
+    """
+    def grad(upstream: tf.Tensor) -> tuple[tf.Tensor, None]:
+        return upstream, None
+
+    return tf.where(masked, tf.cast(_MASKED, logits.dtype), logits), grad
+
+
 def _mask_same(logits: tf.Tensor, column_ids: tf.Tensor, *row_ids: tf.Tensor) -> tf.Tensor:
     """Masks (i, j), ``j != i``, where ``column_ids[j]`` equals any ``row_ids[i]``.
 
-    [N, M] -> [N, M], one select for every id list.
+    [N, M] -> [N, M], one select for every id list (the diagonal cleared in
+    the boolean mask, not by a second [N, M] mask).
     """
     same = None
     for ids in row_ids:
         hit = tf.equal(tf.cast(ids, column_ids.dtype)[:, tf.newaxis], column_ids[tf.newaxis, :])
         same = hit if same is None else tf.logical_or(same, hit)
-    n, m = tf.shape(logits)[0], tf.shape(logits)[1]
-    off_diagonal = tf.logical_not(tf.eye(n, m, dtype=tf.bool))
-    return tf.where(tf.logical_and(same, off_diagonal), tf.cast(_MASKED, logits.dtype), logits)
+    diagonal = tf.zeros_like(tf.linalg.diag_part(same))
+    return _fill_masked(logits, tf.linalg.set_diag(same, diagonal))
 
 
-def _diagonal_softmax_loss(logits: tf.Tensor) -> tf.Tensor:
-    """Mean softmax cross-entropy of [N, M] logits whose label is the diagonal.
+@tf.custom_gradient
+def _diagonal_softmax_loss(logits: tf.Tensor) -> tuple[tf.Tensor, Callable]:
+    """Mean softmax cross-entropy of [N, M] logits (M >= N) whose label is the diagonal.
 
-    ``logsumexp_j(l_ij) - l_ii``: the same numbers as
-    ``sparse_softmax_cross_entropy_with_logits(labels=range(N))``, with
-    fewer passes over the matrix.
+    ``logsumexp_j(l_ij) - l_ii``, the numbers of
+    ``sparse_softmax_cross_entropy_with_logits(labels=range(N))``; the
+    gradient ``(softmax - onehot) / N`` is formed from the forward pass's
+    exponentials in two passes over the matrix (a scale, then the
+    diagonal) instead of autodiff's four.
     """
-    return tf.reduce_mean(tf.reduce_logsumexp(logits, axis=1) - tf.linalg.diag_part(logits))
+    row_max = tf.reduce_max(logits, axis=1, keepdims=True)
+    exp = tf.exp(logits - row_max)
+    total = tf.reduce_sum(exp, axis=1, keepdims=True)
+    loss = tf.reduce_mean(tf.math.log(total[:, 0]) + row_max[:, 0]
+                          - tf.linalg.diag_part(logits))
+
+    def grad(upstream: tf.Tensor) -> tf.Tensor:
+        scale = upstream / tf.cast(tf.shape(logits)[0], logits.dtype)
+        d = exp * (scale / total)
+        return tf.linalg.set_diag(d, tf.linalg.diag_part(d) - scale)
+
+    return loss, grad
 
 
 def batch_softmax_loss(

@@ -1,0 +1,255 @@
+"""The study's results: flat keys of ``results/quality.json``, the page and its chart.
+
+Keys (flat, as ``benchmarks/common.write_results`` writes them): the
+protocol's numbers; ``<regime>_<name>_pairs`` and ``<regime>_max_steps``;
+``<variant>_chosen_<setting>``; per regime and variant the chosen and
+trained steps and, for every score key (``<slice>_<metric>``),
+``..._mean`` and ``..._std`` over seeds; the test examples by slice; each
+variant's relative Recall@K gain over the baseline by slice; and each
+validation search as ``search_<NN>_*``.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Mapping
+
+import numpy as np
+
+from benchmarks.common import RESULTS
+from benchmarks.quality_study import protocol
+from components.evaluate.config import GATE_METRIC, KS, metric_name
+from components.evaluate.metrics import RecallAtK
+from components.evaluate.report import OVERALL
+from components.trainer import hparams as hparams_lib
+from transforms import features
+
+NAME = "quality"
+CHART = f"{NAME}.png"
+REGIME_TITLES = {
+    "ml1m_full": "MovieLens-1M, full training data",
+    "ml1m_10pct": "MovieLens-1M, 10% of the training data",
+    "ml1m_cold_items": f"MovieLens-1M, {protocol.COLD_ITEM_PERCENT}% of the items held out "
+                       "(cold)",
+    "synthetic_full": "Feature-rich synthetic benchmark, full training data",
+    "synthetic_10pct": "Feature-rich synthetic benchmark, 10% of the training data",
+}
+#: Suffix of a search's seed-mean validation scores (the selection metric, by grid value).
+VALIDATION_SCORES = f"_validation_{GATE_METRIC}"
+#: The page's table columns: (slice, K of Recall@K).
+TABLE = ((OVERALL, KS[0]), (OVERALL, protocol.GATE_K),
+         *((b, protocol.GATE_K) for b in features.BUCKETS))
+GATE_TITLE = f"Recall@{protocol.GATE_K}"
+#: The slices of the page's "vs baseline" column.
+GAIN_SLICES = (OVERALL, features.TAIL, features.COLD)
+
+
+def _key(*parts: object) -> str:
+    return "_".join(str(p) for p in parts)
+
+
+def _gain_key(regime: str, variant: str, slice_name: str, k: int) -> str:
+    return _key(regime, variant, "vs", protocol.BASELINE, slice_name,
+                metric_name(RecallAtK.KIND, k), "relative_gain")
+
+
+def flatten(results: dict, chosen: dict, searches: list, variants: list[str],
+            regimes: Mapping[str, protocol.RegimeSpec], seeds: list[int],
+            sizes: dict) -> dict[str, object]:
+    """The flat results keys (see the module docstring).
+
+    ``results``: ``regime/variant`` -> {step, trained, tests (one score per seed)};
+    ``regimes``: the regimes run, with the specs they ran with.
+    """
+    out: dict[str, object] = {"seeds": len(seeds),
+                              "validation_share": protocol.VALIDATION_SHARE,
+                              "tuning_regime": protocol.TUNING_REGIME,
+                              "tuning_seeds": len(protocol.TUNING_SEEDS),
+                              "cold_item_percent": protocol.COLD_ITEM_PERCENT,
+                              "budget_factor": protocol.BUDGET_FACTOR,
+                              "budget_extensions": protocol.BUDGET_EXTENSIONS,
+                              "budget_min_gain": protocol.BUDGET_MIN_GAIN}
+    for regime, spec in regimes.items():
+        for name, size in sizes[regime].items():
+            out[_key(regime, name, "pairs")] = size
+        out[_key(regime, "max_steps")] = spec.start_steps
+    for variant in variants:
+        for k, v in chosen[variant].items():
+            out[_key(variant, "chosen", k)] = v
+    for regime in regimes:
+        for variant in variants:
+            out.update(_cell(regime, variant, results[f"{regime}/{variant}"]))
+        first = results[f"{regime}/{variants[0]}"]["tests"][0]
+        for name in protocol.SLICES:
+            out[_key(regime, "test", name, protocol.EXAMPLES)] = first[
+                protocol.score_key(name, protocol.EXAMPLES)]
+        if protocol.BASELINE in variants:
+            out.update(_gains(out, regime, variants))
+    for i, s in enumerate(searches):
+        prefix = f"search_{i:02d}"
+        out[prefix + "_variant"] = s["variant"]
+        out[prefix + "_parameter"] = s["parameter"]
+        out[prefix + "_grid"] = s["grid"]
+        out[prefix + VALIDATION_SCORES] = s["scores"]
+        out[prefix + "_chosen"] = s["chosen"]
+        out[prefix + "_at_edge"] = s["at_edge"]
+    return out
+
+
+def _cell(regime: str, variant: str, cell: dict) -> dict[str, object]:
+    """One regime and variant: steps, and every metric's mean and std over seeds."""
+    out: dict[str, object] = {_key(regime, variant, "train_steps"): cell["step"],
+                              _key(regime, variant, "trained_steps"): cell["trained"]}
+    for metric in cell["tests"][0]:
+        if metric.endswith("_" + protocol.EXAMPLES):
+            continue
+        xs = np.array([t[metric] for t in cell["tests"]], float)
+        out[_key(regime, variant, metric, "mean")] = round(float(np.mean(xs)), 5)
+        out[_key(regime, variant, metric, "std")] = round(float(np.std(xs, ddof=1)), 5)
+    return out
+
+
+def _gains(out: Mapping[str, object], regime: str, variants: list[str]) -> dict[str, object]:
+    """Each variant's relative Recall@K gain over the baseline, by slice."""
+    gains: dict[str, object] = {}
+    for variant in variants:
+        if variant == protocol.BASELINE:
+            continue
+        for name in protocol.SLICES:
+            for k in KS:
+                metric = protocol.score_key(name, metric_name(RecallAtK.KIND, k))
+                base = out[_key(regime, protocol.BASELINE, metric, "mean")]
+                mine = out[_key(regime, variant, metric, "mean")]
+                gains[_gain_key(regime, variant, name, k)] = (
+                    round(mine / base - 1, 4) if base else None)
+    return gains
+
+
+def _mean_std(values: Mapping[str, object], regime: str, variant: str, slice_name: str,
+              k: int) -> tuple[float, float]:
+    metric = protocol.score_key(slice_name, metric_name(RecallAtK.KIND, k))
+    return (values[_key(regime, variant, metric, "mean")],
+            values[_key(regime, variant, metric, "std")])
+
+
+def _recall(k: int) -> str:
+    return f"R@{k}"
+
+
+def markdown(values: Mapping[str, object]) -> str:
+    """The results page of ``values`` (the flat keys, with ``command`` and machine facts)."""
+    regimes = [r for r in protocol.REGIMES if _key(r, "max_steps") in values]
+    variants = [v for v in hparams_lib.VARIANTS
+                if _key(regimes[0], v, protocol.SELECTION_METRIC, "mean") in values]
+    lines = [*_intro(values), "## Chosen settings", "",
+             "| variant | logQ | temperature | alpha | SSL temperature | feature-dropout rate |",
+             "|---|---|---|---|---|---|"]
+    for v in variants:
+        cells = [values.get(_key(v, "chosen", k), "") for k in
+                 ("logq_correction", "temperature", "alpha", "ssl_temperature",
+                  "feature_dropout_rate")]
+        lines.append(f"| {v} | " + " | ".join(str(c) for c in cells) + " |")
+    lines.append("")
+    for regime in regimes:
+        lines += _regime_section(values, regime, variants)
+    lines += ["## Validation searches (tuning regime, seed-mean "
+              f"{GATE_TITLE} at the best checkpoint)", "",
+              "| variant | parameter | grid: score | chosen | at an end |",
+              "|---|---|---|---|---|"]
+    for key in sorted(k for k in values if k.startswith("search_") and k.endswith("_grid")):
+        prefix = key[: -len("_grid")]
+        pairs = ", ".join(f"{g:g}: {s:.4f}" for g, s in zip(
+            values[key], values[prefix + VALIDATION_SCORES]))
+        lines.append(f"| {values[prefix + '_variant']} | {values[prefix + '_parameter']} | "
+                     f"{pairs} | {values[prefix + '_chosen']} | "
+                     f"{'yes' if values[prefix + '_at_edge'] else 'no'} |")
+    lines += ["", f"![{GATE_TITLE} by slice]({CHART})", ""]
+    return "\n".join(lines)
+
+
+def _intro(values: Mapping[str, object]) -> list[str]:
+    """The page's title, setting, protocol and CFM-group paragraphs."""
+    measure = {"ami": "adjusted MI (chance-corrected)", "nmi": "plug-in NMI"}[
+        values["cfm_grouping_measure"]]
+    gate = GATE_TITLE
+    return [
+        "# Quality: Trainer variants, tuned alike, on five regimes", "",
+        f"Command: `{values['command']}`; {values['machine_cpus']} CPUs. Mean ± standard "
+        f"deviation over {values['seeds']} seeds. Test = the pipeline's eval split, brute "
+        "force over the whole catalog (the query's own item excluded). Slices follow the "
+        "positive item's bucket (head = top 10% of items by training count, tail = the rest "
+        "seen in training, cold = never in training).", "",
+        "**Protocol.** Every model trains on its regime's training pairs minus a validation "
+        f"share ({values['validation_share']:.0%}, seeded). Step budget, one rule for every "
+        f"variant: the checkpoint with the best seed-mean validation {gate}. Settings are "
+        f"chosen on `{values['tuning_regime']}`'s validation split, on the mean of "
+        f"{values['tuning_seeds']} seeds: the baseline's temperature with and without logQ "
+        "correction (the winner's temperature and logQ then apply to every variant's main "
+        "loss); `fd`'s feature-dropout rate; `mns`'s temperature; for every SSL variant (the "
+        "ablations of `cfm` included) its alpha (SSL temperature = main temperature), then "
+        "its SSL temperature at that alpha. A grid won at an end is extended. The other "
+        "regimes reuse these settings and choose only their step budget on their own "
+        "validation split; a variant whose best checkpoint is its last and whose seed-mean "
+        f"validation {gate} still rose by at least {values['budget_min_gain']} over the "
+        f"last checkpoint interval is retrained with {values['budget_factor']}x the steps "
+        f"(at most {values['budget_extensions']} times). "
+        "Nothing is chosen on the test split.", "",
+        f"CFM groups (MovieLens-1M) by **{measure}**: {values['cfm_groups_ml1m']}. `cfm` masks "
+        "the seed + floor(k/2) features, `cfm_balanced` k // 2.", ""]
+
+
+def _regime_section(values: Mapping[str, object], regime: str, variants: list[str]
+                    ) -> list[str]:
+    """One regime's heading, sizes and table of Recall@K by slice and method."""
+    columns = " | ".join(f"{s} {_recall(k)}" for s, k in TABLE)
+    lines = [f"## {REGIME_TITLES[regime]} (`{regime}`)", "",
+             f"Training pairs {values[_key(regime, 'train_pairs')]}, validation "
+             f"{values[_key(regime, 'validation_pairs')]}, test "
+             f"{values[_key(regime, 'test_pairs')]}; starting budget "
+             f"{values[_key(regime, 'max_steps')]} steps. Steps: the "
+             "chosen checkpoint of the steps trained (\"(last)\": the best checkpoint is "
+             "the last one, with a gain over the one before below the extension "
+             "threshold, or after the last extension).", "",
+             f"| method | steps | {columns} | vs baseline: "
+             f"{' / '.join(GAIN_SLICES)} {_recall(protocol.GATE_K)} |",
+             "|---" * (len(TABLE) + 3) + "|"]
+    for v in variants:
+        steps = values[_key(regime, v, "train_steps")]
+        trained = values[_key(regime, v, "trained_steps")]
+        row = [f"{steps} of {trained}{' (last)' if steps == trained else ''}"]
+        row += ["{:.4f} ± {:.4f}".format(*_mean_std(values, regime, v, s, k)) for s, k in TABLE]
+        gains = [values.get(_gain_key(regime, v, s, protocol.GATE_K)) for s in GAIN_SLICES]
+        row.append(" / ".join("" if v == protocol.BASELINE else
+                              ("n/a" if g is None else f"{g:+.1%}") for g in gains))
+        lines.append(f"| {v} | " + " | ".join(row) + " |")
+    return lines + ["", "Test pairs by slice: " + ", ".join(
+        f"{s} {values[_key(regime, 'test', s, protocol.EXAMPLES)]}" for s in protocol.SLICES)
+        + ".", ""]
+
+
+def chart(values: Mapping[str, object], variants: list[str], regimes: list[str],
+          folder: str = RESULTS) -> str:
+    """Bar chart of test Recall@K (the gate's K) by slice, one panel per regime; its path."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(len(regimes), 1, figsize=(12, 3.2 * len(regimes)))
+    axes = np.atleast_1d(axes)
+    width = 0.8 / len(variants)
+    slices = protocol.SLICES
+    for ax, regime in zip(axes, regimes):
+        for i, variant in enumerate(variants):
+            means, stds = zip(*(_mean_std(values, regime, variant, s, protocol.GATE_K)
+                                for s in slices))
+            ax.bar(np.arange(len(slices)) + i * width, means, width, yerr=stds, label=variant)
+        ax.set_xticks(np.arange(len(slices)) + 0.4 - width / 2)
+        ax.set_xticklabels(slices)
+        ax.set_title(f"{GATE_TITLE}, {regime}")
+    axes[0].legend(fontsize=7, ncol=5)
+    fig.tight_layout()
+    path = os.path.join(folder, CHART)
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
