@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from typing import Optional, Sequence
 
@@ -11,7 +13,7 @@ from components.correlation.settings import CorrelationSettings
 from components.evaluate.config import EvalSettings
 from components.trainer import hparams as hparams_lib
 from pipeline import options
-from pipeline.config import RUNNERS, PipelineConfig
+from pipeline.config import BEAM_PRESETS, RUNNERS, PipelineConfig
 from pipeline.report import console
 from transforms.spec import DatasetSpec, SpecError, load_spec
 
@@ -28,6 +30,15 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--beam-arg", action="append", default=None, metavar="FLAG",
                      help="a Beam pipeline flag, repeatable (default: DirectRunner, "
                           "one process per core)")
+    run.add_argument("--beam-preset", choices=BEAM_PRESETS, default=None,
+                     help="where the Beam steps run: direct (DirectRunner, one process per "
+                          "core), in-memory (one process), portable-local (Beam's portable "
+                          "runner with SDK worker processes, the Fn API path of Flink, Spark "
+                          "and Dataflow); default: by input size. --beam-arg flags follow "
+                          "the preset's")
+    run.add_argument("--trainer-workers", type=int, default=None, metavar="N",
+                     help="train with N local worker processes (MultiWorkerMirroredStrategy "
+                          "over loopback; hparams.workers)")
     run.add_argument("--span", type=int, default=None, help="ingest this log span "
                      "(default: the latest)")
     run.add_argument("--all-spans", action="store_true",
@@ -89,18 +100,22 @@ def _eval_settings(args: argparse.Namespace) -> EvalSettings:
         raise SpecError(str(e)) from e
 
 
-def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str
-             ) -> list[PipelineConfig]:
+def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str,
+             pool_address: Optional[str] = None) -> list[PipelineConfig]:
     """One checked configuration per span to run (``--all-spans``: every span, in order)."""
     from pipeline import preflight
-    from pipeline.config import local_beam_args
+    from pipeline.config import local_beam_args, preset_beam_args
 
-    beam_args = tuple(args.beam_arg or local_beam_args(preflight.input_bytes(spec)))
+    if args.beam_preset is None:
+        beam_args = tuple(args.beam_arg or local_beam_args(preflight.input_bytes(spec)))
+    else:
+        beam_args = preset_beam_args(args.beam_preset, pool_address) + tuple(args.beam_arg or ())
     spans: list[Optional[int]] = [args.span]
     if args.all_spans:
         spans = list(preflight.spans(spec.logs)) or [None]
     hparams, variants = options.trainer_settings(options.load_hparams(args.hparams),
-                                                 options.parse_variants(args.variants))
+                                                 options.parse_variants(args.variants),
+                                                 workers=args.trainer_workers)
     configs = []
     for span in spans:
         preflight.check(spec, span)
@@ -116,12 +131,20 @@ def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str
 
 def _run(args: argparse.Namespace) -> int:
     """``run``: the pipeline with a quiet console (see :mod:`pipeline.job`)."""
-    from pipeline import job
+    from pipeline import job, worker_pools
 
     spec = load_spec(args.dataset)
     run_root = args.run_root or f"runs/{spec.name}"
-    return job.run(lambda: _configs(args, spec, run_root), args.runner,
-                   console.log_path(run_root), args.verbose)
+    log_path = console.log_path(run_root)
+    with contextlib.ExitStack() as stack:
+        def configs() -> list[PipelineConfig]:
+            address = None
+            if args.beam_preset == worker_pools.PORTABLE_LOCAL:     # stopped after the run
+                address = stack.enter_context(worker_pools.started(
+                    os.path.splitext(log_path)[0] + "-beam-workers.log"))
+            return _configs(args, spec, run_root, address)
+
+        return job.run(configs, args.runner, log_path, args.verbose)
 
 
 def _write_dataset(args: argparse.Namespace) -> str:

@@ -13,6 +13,7 @@ from components.index.search import IndexConfig
 from components.join import DEFAULT_SIDE_INPUT_MAX_ITEMS
 from components.trainer import hparams
 from components.trainer.hparams import DEFAULT_VARIANT
+from pipeline import worker_pools
 from transforms.spec import DatasetSpec, is_url
 
 #: Local orchestrators: TFX's BeamDagRunner (default) and LocalDagRunner.
@@ -39,6 +40,23 @@ JOIN_BEAM_ARGS = IN_MEMORY_BEAM_ARGS
 def local_beam_args(input_bytes: int) -> tuple[str, ...]:
     """DirectRunner flags for local inputs of ``input_bytes`` bytes (see above)."""
     return IN_MEMORY_BEAM_ARGS if input_bytes <= IN_MEMORY_MAX_INPUT_BYTES else LOCAL_BEAM_ARGS
+
+
+#: ``--beam-preset`` of local runs: the DirectRunner with one process per core,
+#: in one process, or Beam's portable runner with external SDK worker
+#: processes (:mod:`pipeline.worker_pools`).
+BEAM_PRESETS = ("direct", "in-memory", worker_pools.PORTABLE_LOCAL)
+
+
+def preset_beam_args(preset: str, pool_address: Optional[str] = None) -> tuple[str, ...]:
+    """The Beam flags of a local ``preset``; ``portable-local`` needs the pool's address."""
+    if preset == worker_pools.PORTABLE_LOCAL:
+        if not pool_address:
+            raise ValueError(f"beam preset {preset!r} needs a running worker pool's address.")
+        return worker_pools.portable_args(pool_address)
+    if preset not in BEAM_PRESETS:
+        raise ValueError(f"beam preset must be one of {BEAM_PRESETS}, got {preset!r}.")
+    return LOCAL_BEAM_ARGS if preset == "direct" else IN_MEMORY_BEAM_ARGS
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,9 @@ import yaml
 from components.trainer import hparams as hparams_lib
 from transforms.spec import SpecError
 
+#: Hyper-parameters whose command-line flag has another name.
+FLAG_NAMES = {"workers": "trainer-workers"}
+
 
 def load_hparams(value: Optional[str]) -> dict[str, Any]:
     """``--hparams``: inline JSON/YAML or the path of a JSON/YAML file -> a mapping."""
@@ -63,8 +66,8 @@ def trainer_settings(values: dict[str, Any], variants: Optional[tuple[str, ...]]
         if flag is None:
             continue
         if key in values and values[key] != flag:
-            raise SpecError(f"--hparams sets {key} {values[key]!r} but --{key} says {flag!r}; "
-                            "give it once.")
+            raise SpecError(f"--hparams sets {key} {values[key]!r} but "
+                            f"--{FLAG_NAMES.get(key, key)} says {flag!r}; give it once.")
         values[key] = flag
     if variants is None:
         variants = (values.get("variant", hparams_lib.DEFAULT_VARIANT),)

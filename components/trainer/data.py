@@ -48,6 +48,7 @@ def transformed_decoder(tf_transform_output: tft.TFTransformOutput) -> Decoder:
     raw_spec = tf_transform_output.raw_feature_spec()
     layer = tf_transform_output.transform_features_layer()
 
+    @tf.autograph.experimental.do_not_convert     # straight-line code: nothing to convert
     def decode(serialized: tf.Tensor) -> dict[str, tf.Tensor]:
         out = to_ragged(layer(tf.io.parse_example(serialized, raw_spec)))
         out.pop(features.ITEM_BUCKET, None)
@@ -57,9 +58,23 @@ def transformed_decoder(tf_transform_output: tft.TFTransformOutput) -> Decoder:
 
 
 def main_stream(split_dir: str, decode: Decoder, batch_size: int, seed: int,
-                shuffle_buffer: int = 100_000) -> tf.data.Dataset:
-    """Endless shuffled batches of training pairs, decoded by ``decode``."""
-    return (tfrecords.split_dataset(split_dir)
+                shuffle_buffer: int = 100_000, shard: tuple[int, int] = (1, 0)
+                ) -> tf.data.Dataset:
+    """Endless shuffled batches of training pairs, decoded by ``decode``.
+
+    ``shard`` ``(n, i)``: this reader's share of the split when ``n`` readers
+    (training workers) share it: whole files when there are at least ``n``
+    files, otherwise every ``n``-th record (tf.data's AUTO sharding rule).
+    """
+    n, i = shard
+    files = tfrecords.split_files(split_dir)
+    if n > 1 and len(files) >= n:
+        records = tf.data.TFRecordDataset(files[i::n], compression_type="GZIP")
+    else:
+        records = tfrecords.split_dataset(split_dir)
+        if n > 1:
+            records = records.shard(n, i)
+    return (records
             .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
             .repeat()
             .batch(batch_size, drop_remainder=True)
@@ -93,6 +108,7 @@ def ssl_stream(catalog: Mapping[str, tf.RaggedTensor], batch_size: int, seed: in
     if n_items == 0:
         raise ValueError("the catalog split is empty; the SSL stream needs catalog items.")
 
+    @tf.autograph.experimental.do_not_convert
     def gather(batch_index: tf.Tensor) -> dict[str, tf.RaggedTensor]:
         rows = uniform_indices(n_items, batch_size, seed, batch_index)
         return {k: tf.gather(v, rows) for k, v in catalog.items()}

@@ -131,7 +131,13 @@ class HParams:
         MovieLens-1M validation).
       steps_per_epoch: steps between Keras epoch ends (logging, checkpoints).
       seed: seed of initialisation, shuffling, sampling and augmentation.
-      strategy: tf.distribute strategy.
+      strategy: tf.distribute strategy. ``workers`` > 1 implies
+        ``multi_worker_mirrored`` (``mirrored`` is then an error).
+      workers: training processes. 1 trains in the Trainer's process; N > 1
+        starts N local worker processes on loopback (``TF_CONFIG``), the
+        same code a cluster runs with one worker per pod
+        (:mod:`components.trainer.workers`). ``batch_size`` and
+        ``ssl_batch_size`` stay global (split across the workers).
     """
 
     variant: str = DEFAULT_VARIANT
@@ -154,6 +160,7 @@ class HParams:
     steps_per_epoch: int = 200
     seed: int = 0
     strategy: str = "default"
+    workers: int = 1
 
     @property
     def flags(self) -> Variant:
@@ -186,7 +193,7 @@ _RANGES = {
     "alpha": (0.0, 100.0), "dropout_rate": (0.0, 0.95), "feature_dropout_rate": (0.0, 0.95),
     "n_masked": (1, 1000), "batch_size": (2, 1 << 20), "ssl_batch_size": (2, 1 << 20),
     "learning_rate": (1e-6, 10.0), "train_steps": (1, 1 << 31), "steps_per_epoch": (1, 1 << 31),
-    "seed": (0, 1 << 31),
+    "seed": (0, 1 << 31), "workers": (1, 64),
 }
 _CHOICES = {"variant": tuple(VARIANTS), "strategy": STRATEGIES, "activation": ACTIVATIONS}
 
@@ -228,4 +235,14 @@ def from_dict(values: Mapping[str, Any]) -> HParams:
     if unknown:
         raise ValueError(f"hparams: unknown key(s) {unknown}; allowed keys: {sorted(fields)}.")
     checked = {k: _checked(k, v, getattr(defaults, k)) for k, v in values.items()}
-    return dataclasses.replace(defaults, **checked)
+    out = dataclasses.replace(defaults, **checked)
+    if out.workers > 1:
+        if out.strategy == "mirrored":
+            raise ValueError(f"hparams.workers {out.workers} needs strategy "
+                             "'multi_worker_mirrored' (or leave strategy unset), got 'mirrored'.")
+        if out.batch_size % out.workers or out.ssl_batch_size % out.workers:
+            raise ValueError(f"hparams.batch_size ({out.batch_size}) and ssl_batch_size "
+                             f"({out.ssl_batch_size}) are global batches: each must divide by "
+                             f"workers ({out.workers}).")
+        out = dataclasses.replace(out, strategy="multi_worker_mirrored")
+    return out

@@ -139,7 +139,8 @@ def batch_softmax_loss(
 
 
 def ssl_loss(z: tf.Tensor, z_prime: tf.Tensor, temperature: float,
-             item_ids: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+             item_ids: Optional[tf.Tensor] = None, extra_views: Optional[tf.Tensor] = None,
+             extra_ids: Optional[tf.Tensor] = None) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
     """The self-supervised loss between two views of N items (one direction).
 
     ``L = -1/N sum_i log( exp(s(z_i, z'_i)/tau) / sum_j exp(s(z_i, z'_j)/tau) )``:
@@ -153,13 +154,23 @@ def ssl_loss(z: tf.Tensor, z_prime: tf.Tensor, temperature: float,
       item_ids: [N] ids of the items; if given, a second view ``j != i`` of
         the same item (a repeated uniform draw) is masked out: it is not a
         negative.
+      extra_views: [M, D] more second views, negatives of every row (the
+        other training workers' items: the batch is then the global one).
+      extra_ids: [M] their ids (needed with ``item_ids``).
 
     Returns:
-      ``(loss, logits, labels)`` with logits [N, N] and labels [N].
+      ``(loss, logits, labels)`` with logits [N, N + M] and labels [N].
     """
-    logits = cosine_logits(z, z_prime, temperature)
+    candidates, candidate_ids = z_prime, item_ids
+    if extra_views is not None:
+        if item_ids is not None and extra_ids is None:
+            raise ValueError("extra_views with item_ids need extra_ids (the same mask applies).")
+        candidates = tf.concat([z_prime, extra_views], axis=0)
+        if item_ids is not None:
+            candidate_ids = tf.concat([item_ids, tf.cast(extra_ids, item_ids.dtype)], axis=0)
+    logits = cosine_logits(z, candidates, temperature)
     if item_ids is not None:
-        logits = _mask_same(logits, item_ids, item_ids)
+        logits = _mask_same(logits, candidate_ids, item_ids)
     return _diagonal_softmax_loss(logits), logits, tf.range(tf.shape(logits)[0])
 
 

@@ -82,6 +82,30 @@ def _first_id(ids: tf.RaggedTensor) -> tf.Tensor:
     return ids.to_tensor(default_value=-1)[:, 0]
 
 
+def _replicas() -> int:
+    """Replicas training in sync (1 outside a tf.distribute strategy)."""
+    return tf.distribute.get_strategy().num_replicas_in_sync
+
+
+def _all_replicas(value: tf.Tensor) -> tf.Tensor:
+    """``value``'s rows of every replica, in replica order (itself with one replica).
+
+    The gradient of the gathered rows flows back to the replica that made them.
+    """
+    if _replicas() == 1:
+        return value
+    return tf.distribute.get_replica_context().all_gather(value, axis=0)
+
+
+def _other_replicas(value: tf.Tensor) -> tf.Tensor:
+    """The other replicas' rows of ``value`` (every replica has as many rows)."""
+    context = tf.distribute.get_replica_context()
+    gathered = context.all_gather(value, axis=0)
+    n = tf.shape(value)[0]
+    me = tf.cast(context.replica_id_in_sync_group, tf.int32)
+    return tf.concat([gathered[:me * n], gathered[(me + 1) * n:]], axis=0)
+
+
 def _tower_many(tower: Tower, parts: Sequence[tuple[Mapping[str, tf.RaggedTensor],
                                                      Optional[tf.Tensor]]]) -> list[tf.Tensor]:
     """``[tower(features, mask) for features, mask in parts]`` in one tower call."""
@@ -232,24 +256,53 @@ class TwoTowerSSL(tf_keras.Model):
 
     def _main_loss(self, main: Mapping[str, tf.RaggedTensor], ssl: Mapping[str, tf.RaggedTensor],
                    emb: Mapping[str, tf.Tensor]) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
+        """The main loss over the global batch's candidates.
+
+        Over several replicas (multi-worker training) each replica's queries
+        also score the other replicas' positives and extra negatives, so the
+        softmax is over the same candidates as one process's global batch.
+        """
         hp, layout = self.hparams, self.layout
         ids = _first_id(main[features.item_key(layout.id_name)])
         query_ids = _first_id(main[features.query_key(layout.id_name)]) if self.shared else None
         log_q = self._log_q(main[features.ITEM_TRAIN_COUNT]) if hp.logq_correction else None
-        extra = {}
+        items, item_ids, item_log_q = [], [], []
+        if _replicas() > 1:
+            items.append(_other_replicas(emb["item"]))
+            item_ids.append(_other_replicas(ids))
+            if log_q is not None:
+                item_log_q.append(_other_replicas(log_q))
         if self.flags.extra_negatives:
-            extra["extra_items"] = emb["extra"]
-            extra["extra_ids"] = _first_id(ssl[features.item_key(layout.id_name)])
-            if hp.logq_correction:
-                extra["extra_log_q"] = self._log_q(ssl[features.ITEM_TRAIN_COUNT])
+            extra_log_q = (self._log_q(ssl[features.ITEM_TRAIN_COUNT]) if hp.logq_correction
+                           else None)
+            for out, value in ((items, emb["extra"]),
+                               (item_ids, _first_id(ssl[features.item_key(layout.id_name)])),
+                               (item_log_q, extra_log_q)):
+                if value is not None:
+                    out.append(_all_replicas(value))
+        extra = {}
+        if items:
+            extra = {"extra_items": tf.concat(items, 0), "extra_ids": tf.concat(item_ids, 0)}
+            if log_q is not None:
+                extra["extra_log_q"] = tf.concat(item_log_q, 0)
         return losses.batch_softmax_loss(
             emb["query"], emb["item"], hp.temperature, item_ids=ids, log_q=log_q,
             query_ids=query_ids, remove_accidental_hits=hp.remove_accidental_hits, **extra)
 
+    @tf.autograph.experimental.do_not_convert
     def train_step(self, data: tuple[dict, dict]) -> dict[str, tf.Tensor]:
-        """One step of L = L_main + alpha * L_self."""
+        """One step of L = L_main + alpha * L_self.
+
+        Traced without AutoGraph (no tensor-dependent Python control flow
+        here): converting the step's code took most of a small run's time.
+        """
         main, ssl = data
-        step = self.optimizer.iterations
+        # Augmentation seeds: one per (step, replica), so replicas of a
+        # multi-worker run mask differently; a single replica uses the step.
+        replicas = _replicas()
+        replica = tf.distribute.get_replica_context().replica_id_in_sync_group
+        step = (tf.cast(self.optimizer.iterations, tf.int64) * replicas
+                + tf.cast(replica, tf.int64))
         with tf.GradientTape() as tape:
             emb = self._step_embeddings(main, ssl, step)
             main_loss, logits, labels = self._main_loss(main, ssl, emb)
@@ -257,13 +310,20 @@ class TwoTowerSSL(tf_keras.Model):
             if self.flags.ssl_loss:
                 z, z_prime = emb["view_h"], emb["view_g"]
                 ssl_ids = _first_id(ssl[features.item_key(self.layout.id_name)])
+                others = {}
+                if replicas > 1:     # the global batch's second views are the negatives
+                    others = {"extra_views": _other_replicas(z_prime),
+                              "extra_ids": _other_replicas(ssl_ids)}
                 ssl_loss, ssl_logits, ssl_labels = losses.ssl_loss(
-                    z, z_prime, self.hparams.tau_ssl, item_ids=ssl_ids)
+                    z, z_prime, self.hparams.tau_ssl, item_ids=ssl_ids, **others)
                 total = main_loss + self.hparams.alpha * ssl_loss
                 self.trackers["ssl_loss"].update_state(ssl_loss)
                 self.trackers["ssl_accuracy"].update_state(
                     losses.contrastive_accuracy(ssl_logits, ssl_labels))
-        grads = tape.gradient(total, self.trainable_variables)
+            # Gradients are summed over replicas: each replica's mean loss is
+            # scaled so the sum is the gradient of the global batch's mean.
+            scaled = total / replicas
+        grads = tape.gradient(scaled, self.trainable_variables)
         self.optimizer.apply_gradients(zip(grads, self.trainable_variables))
         self.trackers["loss"].update_state(total)
         self.trackers["main_loss"].update_state(main_loss)

@@ -17,6 +17,7 @@ from absl import logging as absl_logging
 EVERY_S = 10.0
 _FORMAT = "Trainer progress: step %d of %d, loss %.4f"
 _RECORD = re.compile(r"^Trainer progress: (step \d+ of \d+, loss \S+)$")
+_IN_LINE = re.compile(r"Trainer progress: (step \d+ of \d+, loss \S+)\s*$")
 
 
 class Reporter:
@@ -39,4 +40,13 @@ class Reporter:
 def parse(message: str) -> Optional[str]:
     """``step <n> of <total>, loss <x>`` of a progress record; None for any other message."""
     match = _RECORD.match(message)
+    return match.group(1) if match else None
+
+
+def find(line: str) -> Optional[str]:
+    """``step <n> of <total>, loss <x>`` of a progress record anywhere in a log line.
+
+    Finds the record after a training worker's log prefix; None for any other line.
+    """
+    match = _IN_LINE.search(line)
     return match.group(1) if match else None

@@ -5,19 +5,27 @@ from __future__ import annotations
 import logging
 import math
 import os
+import shutil
+import sys
+import tempfile
+import time
 from typing import Any, Mapping, Optional, Sequence
 
 import tensorflow as tf
 import tensorflow_transform as tft
 import tf_keras
+from absl import logging as absl_logging
 
 from components.correlation import report as correlation_report
 from components.trainer import component as trainer_component
-from components.trainer import data, export, progress
+from components.trainer import data, export, progress, workers
 from components.trainer import hparams as hparams_lib
 from components.trainer.model import FeatureLayout, Sampling, TwoTowerSSL
 from transforms import features
 from transforms.spec import DatasetSpec
+
+#: Log record of :class:`Throughput` (read by benchmarks/scaleout.py).
+THROUGHPUT_RECORD = "Trainer throughput after the first epoch, examples/s:"
 
 
 def feature_layout(spec: DatasetSpec, tf_transform_output: tft.TFTransformOutput) -> FeatureLayout:
@@ -85,6 +93,35 @@ class StopAtStep(tf_keras.callbacks.Callback):
             self.model.stop_training = True
 
 
+class Throughput(tf_keras.callbacks.Callback):
+    """Logs the training pairs per second after the first epoch (tracing, input warm-up).
+
+    ``batch_size`` is the global batch: over several workers, the rate is the
+    whole job's.
+    """
+
+    def __init__(self, batch_size: int) -> None:
+        super().__init__()
+        self.batch_size, self.start, self.steps = batch_size, 0.0, 0
+        self.examples_per_s: Optional[float] = None
+
+    def on_epoch_end(self, epoch: int, logs: Optional[dict] = None) -> None:
+        """Starts the clock after the first epoch."""
+        if epoch == 0:
+            self.start = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: Optional[dict] = None) -> None:
+        """Counts the steps timed."""
+        if self.start:
+            self.steps += 1
+
+    def on_train_end(self, logs: Optional[dict] = None) -> None:
+        """Logs the rate (nothing when training had one epoch)."""
+        if self.steps:
+            self.examples_per_s = self.steps * self.batch_size / (time.perf_counter() - self.start)
+            logging.info(f"{THROUGHPUT_RECORD} %.1f", self.examples_per_s)
+
+
 class LearningRateLogger(tf_keras.callbacks.Callback):
     """Writes the optimizer's learning rate to TensorBoard at each epoch end."""
 
@@ -110,24 +147,57 @@ def build_model(spec: DatasetSpec, hp: hparams_lib.HParams,
     return model
 
 
+def catalog_sampling(spec: DatasetSpec, hp: hparams_lib.HParams,
+                     tf_transform_output: tft.TFTransformOutput, catalog_dir: str
+                     ) -> tuple[Optional[dict[str, tf.RaggedTensor]], Optional[Sampling]]:
+    """The catalog the uniform stream draws from, and the logQ counts.
+
+    Both None unless ``hp``'s variant draws uniform catalog batches. The counts
+    are the catalog's training counts: global, whichever worker reads them.
+    """
+    if not hp.flags.needs_catalog:
+        return None, None
+    decode = data.transformed_decoder(tf_transform_output)
+    keys = [features.item_key(f.name) for f in spec.item_features]
+    catalog = data.load_catalog(catalog_dir, decode, [*keys, features.ITEM_TRAIN_COUNT])
+    counts = catalog[features.ITEM_TRAIN_COUNT]      # dense [N, 1]
+    return catalog, Sampling(train_pairs=float(tf.reduce_sum(counts)),
+                             n_items=float(counts.shape[0]))
+
+
+def input_stream(hp: hparams_lib.HParams, tf_transform_output: tft.TFTransformOutput,
+                 train_dir: str, catalog: Optional[dict[str, tf.RaggedTensor]],
+                 shuffle_buffer: int = 100_000,
+                 context: Optional[tf.distribute.InputContext] = None) -> tf.data.Dataset:
+    """The ``(main, ssl)`` batches of ``hp``'s variant.
+
+    With ``context`` (training over several workers), the batches of one
+    worker's input pipeline: its shard of the training pairs, per-replica
+    batch sizes (``hp``'s are global), and a uniform catalog stream seeded by
+    the pipeline's index, so no two workers draw the same items.
+    """
+    batch, ssl_batch, shard = hp.batch_size, hp.ssl_batch_size, (1, 0)
+    if context is not None:
+        batch = context.get_per_replica_batch_size(hp.batch_size)
+        ssl_batch = context.get_per_replica_batch_size(hp.ssl_batch_size)
+        shard = (context.num_input_pipelines, context.input_pipeline_id)
+    decode = data.transformed_decoder(tf_transform_output)
+    main = data.main_stream(train_dir, decode, batch, hp.seed, shuffle_buffer, shard)
+    if catalog is None:
+        return data.training_stream(main, None)
+    return data.training_stream(main, data.ssl_stream(catalog, ssl_batch, hp.seed + shard[1]))
+
+
 def training_input(spec: DatasetSpec, hp: hparams_lib.HParams,
                    tf_transform_output: tft.TFTransformOutput, train_dir: str,
                    catalog_dir: str, shuffle_buffer: int = 100_000
                    ) -> tuple[tf.data.Dataset, Optional[Sampling]]:
-    """The ``(main, ssl)`` batches of ``hp``'s variant, and its logQ counts.
+    """The ``(main, ssl)`` batches of ``hp``'s variant in one process, and its logQ counts.
 
     The counts are None unless the variant draws uniform catalog batches.
     """
-    decode = data.transformed_decoder(tf_transform_output)
-    main = data.main_stream(train_dir, decode, hp.batch_size, hp.seed, shuffle_buffer)
-    if not hp.flags.needs_catalog:
-        return data.training_stream(main, None), None
-    keys = [features.item_key(f.name) for f in spec.item_features]
-    catalog = data.load_catalog(catalog_dir, decode, [*keys, features.ITEM_TRAIN_COUNT])
-    counts = catalog[features.ITEM_TRAIN_COUNT]      # dense [N, 1]
-    sampling = Sampling(train_pairs=float(tf.reduce_sum(counts)), n_items=float(counts.shape[0]))
-    ssl = data.ssl_stream(catalog, hp.ssl_batch_size, hp.seed)
-    return data.training_stream(main, ssl), sampling
+    catalog, sampling = catalog_sampling(spec, hp, tf_transform_output, catalog_dir)
+    return input_stream(hp, tf_transform_output, train_dir, catalog, shuffle_buffer), sampling
 
 
 def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_dir: str,
@@ -141,20 +211,54 @@ def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_
     the TensorBoard and learning-rate loggers.
 
     Seeds Python, NumPy and TF from ``hp.seed`` and enables TF's op
-    determinism, so equal seeds and inputs give equal weights.
+    determinism, so equal seeds and inputs give equal weights. Under a
+    multi-worker strategy (``TF_CONFIG`` set, see
+    :mod:`components.trainer.workers`) each worker reads its own input
+    pipeline; the chief's initial weights are broadcast to the others.
     """
+    strategy = make_strategy(hp.strategy)     # first: collectives are set up before any op
     tf_keras.utils.set_random_seed(hp.seed)
     tf.config.experimental.enable_op_determinism()
     tf_transform_output = tft.TFTransformOutput(transform_dir)
-    stream, sampling = training_input(spec, hp, tf_transform_output, train_dir, catalog_dir)
-    with make_strategy(hp.strategy).scope():
+    catalog, sampling = catalog_sampling(spec, hp, tf_transform_output, catalog_dir)
+    if hp.strategy == "multi_worker_mirrored":
+        stream = tf_keras.utils.experimental.DatasetCreator(
+            lambda context: input_stream(hp, tf_transform_output, train_dir, catalog,
+                                         context=context))
+    else:
+        stream = input_stream(hp, tf_transform_output, train_dir, catalog)
+    with strategy.scope():
         model = build_model(spec, hp, tf_transform_output, correlation, sampling)
     history = model.fit(
         stream, epochs=math.ceil(hp.train_steps / hp.steps_per_epoch),
         steps_per_epoch=hp.steps_per_epoch, verbose=2,
         callbacks=[StopAtStep(hp.train_steps), tf_keras.callbacks.TensorBoard(log_dir=log_dir),
-                   LearningRateLogger(log_dir), *callbacks])
+                   LearningRateLogger(log_dir), Throughput(hp.batch_size), *callbacks])
     return model, history
+
+
+def train_and_export(job: workers.Job) -> None:
+    """Trains ``job``'s model and exports it: the Trainer's work in one process.
+
+    In a multi-worker run (``TF_CONFIG`` set) every worker calls this; only
+    the chief's TensorBoard logs and export are kept, the others write to a
+    scratch folder that is removed (every worker must save: saving can run
+    collective ops).
+    """
+    hp, spec = trainer_component.read_custom_config(job.custom_config)
+    correlation = correlation_report.read(job.correlation_uri) if job.correlation_uri else None
+    log_dir, export_dir, scratch = job.log_dir, job.export_dir, None
+    if not workers.is_chief():
+        scratch = tempfile.mkdtemp(prefix="trainer-worker-")
+        log_dir, export_dir = os.path.join(scratch, "logs"), os.path.join(scratch, "export")
+    try:
+        model, history = train(spec, hp, job.transform_dir, job.train_dir, job.catalog_dir,
+                               log_dir, correlation)
+        logging.info("final metrics: %s", {k: v[-1] for k, v in history.history.items()})
+        export.export(model, tft.TFTransformOutput(job.transform_dir), export_dir)
+    finally:
+        if scratch:
+            shutil.rmtree(scratch, ignore_errors=True)
 
 
 def run_fn(fn_args: Any) -> None:
@@ -162,15 +266,28 @@ def run_fn(fn_args: Any) -> None:
 
     ``fn_args.custom_config`` is :func:`components.trainer.component.custom_config`;
     ``fn_args.correlation_uri`` and ``fn_args.catalog_dir``
-    are set by :class:`components.trainer.component.Executor`.
+    are set by :class:`components.trainer.component.Executor`. With
+    ``hparams.workers`` N > 1 outside a cluster, starts N local workers
+    (:func:`components.trainer.workers.run_local`).
     """
-    hp, spec = trainer_component.read_custom_config(fn_args.custom_config)
-    correlation = None
-    if getattr(fn_args, "correlation_uri", None):
-        correlation = correlation_report.read(fn_args.correlation_uri)
-    train_dir = os.path.dirname(fn_args.train_files[0])
-    model, history = train(spec, hp, fn_args.transform_output, train_dir, fn_args.catalog_dir,
-                           fn_args.model_run_dir, correlation)
-    logging.info("final metrics: %s", {k: v[-1] for k, v in history.history.items()})
-    export.export(model, tft.TFTransformOutput(fn_args.transform_output),
-                  fn_args.serving_model_dir)
+    hp, _ = trainer_component.read_custom_config(fn_args.custom_config)
+    job = workers.Job(
+        custom_config=dict(fn_args.custom_config), transform_dir=fn_args.transform_output,
+        train_dir=os.path.dirname(fn_args.train_files[0]), catalog_dir=fn_args.catalog_dir,
+        correlation_uri=getattr(fn_args, "correlation_uri", None) or None,
+        log_dir=fn_args.model_run_dir, export_dir=fn_args.serving_model_dir)
+    if hp.workers > 1 and not workers.in_cluster():
+        workers.run_local(hp.workers, job)
+    else:
+        train_and_export(job)
+
+
+def main(argv: Sequence[str]) -> None:
+    """A training worker: ``python -m components.trainer.run JOB.json`` (TF_CONFIG set)."""
+    absl_logging.use_absl_handler()
+    absl_logging.set_verbosity(absl_logging.INFO)
+    train_and_export(workers.Job.read(argv[1]))
+
+
+if __name__ == "__main__":
+    main(sys.argv)

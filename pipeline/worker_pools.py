@@ -1,0 +1,123 @@
+"""Beam's portable runner on one machine: the Fn API path of Flink, Spark and Dataflow.
+
+The ``portable-local`` preset runs every Beam step through ``PortableRunner``
+with an embedded job service (``--job_endpoint=embed``) and
+``--environment_type=EXTERNAL``: the pipeline's DoFns are pickled and run in
+separate SDK worker processes that a Beam worker pool
+(``apache_beam.runners.worker.worker_pool_main``) starts on request, as a
+cluster's workers do. :func:`started` starts that pool for the length of a
+run and stops it, with its workers, afterwards.
+
+The pool starts its workers as ``python`` from ``PATH``; the pool gets a
+``PATH`` whose first entry is this interpreter's folder, so the workers run
+the same environment as the pipeline.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from typing import Iterator
+
+#: ``--beam-preset`` of local runs through the portable runner.
+PORTABLE_LOCAL = "portable-local"
+POOL_MODULE = "apache_beam.runners.worker.worker_pool_main"
+START_TIMEOUT_S = 120.0
+#: First words of the pool log's first line, followed by the pool's address.
+POOL_STARTED = "Beam worker pool at"
+STOP_TIMEOUT_S = 10.0
+
+
+class WorkerPoolError(RuntimeError):
+    """The Beam worker pool did not start."""
+
+
+def portable_args(address: str) -> tuple[str, ...]:
+    """``beam_pipeline_args`` that run Beam steps on the worker pool at ``address``."""
+    return ("--runner=PortableRunner", "--job_endpoint=embed",
+            "--environment_type=EXTERNAL", f"--environment_config={address}")
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _accepts(port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.5)
+        return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def _die_with_parent() -> None:
+    os.setsid()
+    try:
+        import ctypes
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
+
+
+def _tail(path: str, lines: int = 20) -> str:
+    with open(path, encoding="utf-8", errors="replace") as f:
+        return "".join(f.readlines()[-lines:])
+
+
+@contextlib.contextmanager
+def started(log_path: str) -> Iterator[str]:
+    """A running worker pool for the block; yields its address (``localhost:<port>``).
+
+    The pool's and its workers' output go to ``log_path``. On exit the pool's
+    process group (the pool and every worker it started) is stopped.
+
+    Raises:
+      WorkerPoolError: the pool exited or did not listen within
+        :data:`START_TIMEOUT_S` seconds; the message quotes its log.
+    """
+    port = _free_port()
+    env = dict(os.environ, PATH=os.pathsep.join(
+        [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
+    os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
+    cmd = [sys.executable, "-m", POOL_MODULE, f"--service_port={port}"]
+    with open(log_path, "a", encoding="utf-8") as log:
+        log.write(f"{POOL_STARTED} localhost:{port}: {' '.join(cmd)}\n")
+        log.flush()
+        pool = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+    try:
+        deadline = time.monotonic() + START_TIMEOUT_S
+        while not _accepts(port):
+            if pool.poll() is not None:
+                raise WorkerPoolError(f"the Beam worker pool exited with code {pool.returncode} "
+                                      f"before listening; its log ({log_path}) ends:\n"
+                                      + _tail(log_path))
+            if time.monotonic() > deadline:
+                raise WorkerPoolError(f"the Beam worker pool did not listen on port {port} "
+                                      f"within {START_TIMEOUT_S:.0f} s; see {log_path}.")
+            time.sleep(0.2)
+        yield f"localhost:{port}"
+    finally:
+        _stop(pool)
+
+
+def _stop(pool: subprocess.Popen) -> None:
+    """Stops the pool's process group: SIGTERM, then SIGKILL after a grace period."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(pool.pid, sig)
+        except ProcessLookupError:
+            break
+        try:
+            pool.wait(timeout=STOP_TIMEOUT_S)
+            break
+        except subprocess.TimeoutExpired:
+            continue
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(pool.pid, signal.SIGKILL)     # workers that outlived the pool
+    pool.wait()
