@@ -1,0 +1,89 @@
+"""Over 2 replicas, the main and SSL losses and their gradients are the global batch's.
+
+Each replica holds half the batch; its queries (first views) also score the
+other replica's positives (second views), gathered with ``all_gather``, and
+its loss is scaled by 1/replicas. The sum over replicas of the losses, and of
+the gradients, must equal one process's loss and gradients on the whole
+batch. Runs in a subprocess: 2 logical CPUs must be set before TensorFlow
+starts.
+"""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+SCRIPT = textwrap.dedent("""
+    import tensorflow as tf
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * 2)
+    import numpy as np
+    from components.trainer import losses
+    from components.trainer.model import _all_replicas, _other_replicas, _replicas
+
+    rng = np.random.default_rng(0)
+    n, d = 8, 4
+    query = tf.constant(rng.normal(size=(n, d)), tf.float32)
+    item = tf.constant(rng.normal(size=(n, d)), tf.float32)
+    extra = tf.constant(rng.normal(size=(n, d)), tf.float32)
+    ids = tf.constant([1, 2, 3, 1, 5, 6, 2, 8], tf.int64)      # repeats: accidental hits
+    extra_ids = tf.constant([9, 1, 10, 11, 12, 6, 13, 14], tf.int64)
+    log_q = tf.constant(rng.normal(size=n), tf.float32)
+    extra_log_q = tf.constant(rng.normal(size=n), tf.float32)
+    w = tf.Variable(tf.eye(d) + 0.1)
+
+    def main_loss(q, i, e, ids_, eids, lq, elq, replicated):
+        q, i, e = q @ w, i @ w, e @ w
+        extra_items, extra_ids_, extra_lq = [e], [eids], [elq]
+        if replicated:
+            extra_items = [_other_replicas(i), _all_replicas(e)]
+            extra_ids_ = [_other_replicas(ids_), _all_replicas(eids)]
+            extra_lq = [_other_replicas(lq), _all_replicas(elq)]
+        return losses.batch_softmax_loss(
+            q, i, 0.1, item_ids=ids_, log_q=lq, extra_items=tf.concat(extra_items, 0),
+            extra_ids=tf.concat(extra_ids_, 0), extra_log_q=tf.concat(extra_lq, 0))[0]
+
+    def ssl(z, zp, ids_, replicated):
+        z, zp = z @ w, zp @ w
+        extra = {}
+        if replicated:
+            extra = {"extra_views": _other_replicas(zp), "extra_ids": _other_replicas(ids_)}
+        return losses.ssl_loss(z, zp, 0.2, item_ids=ids_, **extra)[0]
+
+    def one_process():
+        with tf.GradientTape() as tape:
+            total = main_loss(query, item, extra, ids, extra_ids, log_q, extra_log_q, False) \\
+                + ssl(item, extra, ids, False)
+        return total.numpy(), tape.gradient(total, w).numpy()
+
+    strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+    half = n // 2
+
+    def replica_step():
+        r = tf.distribute.get_replica_context().replica_id_in_sync_group
+        part = lambda x: x[r * half:(r + 1) * half]
+        with tf.GradientTape() as tape:
+            total = main_loss(part(query), part(item), part(extra), part(ids), part(extra_ids),
+                              part(log_q), part(extra_log_q), True) \\
+                + ssl(part(item), part(extra), part(ids), True)
+            scaled = total / _replicas()
+        return scaled, tape.gradient(scaled, w)
+
+    with strategy.scope():
+        losses_, grads = strategy.run(tf.function(replica_step))
+    total = sum(v.numpy() for v in strategy.experimental_local_results(losses_))
+    grad = sum(v.numpy() for v in strategy.experimental_local_results(grads))
+    expected_total, expected_grad = one_process()
+    np.testing.assert_allclose(total, expected_total, rtol=1e-5)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-4, atol=1e-6)
+    print("EQUAL", total, expected_total)
+""")
+
+
+def test_two_replicas_compute_the_global_batch_loss_and_gradient():
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", TF_CPP_MIN_LOG_LEVEL="2")
+    done = subprocess.run([sys.executable, "-c", SCRIPT], env=env, capture_output=True,
+                          text=True, timeout=600, cwd=os.path.dirname(os.path.dirname(
+                              os.path.abspath(__file__))))
+    assert done.returncode == 0, done.stderr[-5000:]
+    assert "EQUAL" in done.stdout
