@@ -122,3 +122,40 @@ def serialize_example(row, keys):
     for k in keys:
         ex.features.feature[k].bytes_list.value.extend(row[k])
     return ex.SerializeToString()
+
+
+#: The end-to-end data (synthetic, 1,000 items, 3,000 pairs), shared by the
+#: console and scale-out tests.
+SCALEOUT_DATA = dict(n_items=1000, n_pairs=3000, spans=1, seed=0)
+PORTABLE_HPARAMS = {"train_steps": 20, "steps_per_epoch": 10, "batch_size": 32,
+                    "ssl_batch_size": 32, "hidden_units": [16], "embedding_dim": 8,
+                    "share_towers": False, "learning_rate": 0.1}
+
+
+@pytest.fixture(scope="session")
+def portable_run(tmp_path_factory):
+    """One whole ``python -m pipeline run`` on Beam's portable runner.
+
+    BeamDagRunner orchestrates; every Beam step runs through PortableRunner
+    in SDK worker processes of the CLI's worker pool. Returns
+    ``(completed process, spec path, run root)``; the console test reads its
+    output, the scale-out test compares its data half with the DirectRunner's.
+    """
+    import json
+    import subprocess
+    import sys
+
+    from pipeline import worker_pools
+    from pipeline.datasets import synthetic
+
+    root = tmp_path_factory.mktemp("portable")
+    spec_path = synthetic.generate(synthetic.SyntheticConfig(**SCALEOUT_DATA),
+                                   str(root / "data"))
+    run_root = str(root / "run")
+    cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec_path, "--run-root",
+           run_root, "--runner", "beam", "--beam-preset", worker_pools.PORTABLE_LOCAL,
+           "--hparams", json.dumps(PORTABLE_HPARAMS)]
+    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONHASHSEED="0")
+    # The limit only stops a hang.
+    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+    return done, spec_path, run_root

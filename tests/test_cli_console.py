@@ -1,12 +1,12 @@
 """The CLI's console on a real run: progress lines only; the detail is in the log.
 
-Runs ``python -m pipeline run`` as a subprocess with BeamDagRunner and the
-DirectRunner in multi-processing mode (Beam workers are subprocesses whose
-output must reach the log, not the console).
+The run (``tests/conftest.py: portable_run``) is ``python -m pipeline run`` as
+a subprocess with BeamDagRunner and every Beam step on Beam's portable
+runner, whose SDK workers are separate processes: their output, like
+TensorFlow's, must reach the logs, not the console.
 """
 
 import csv
-import json
 import os
 import re
 import subprocess
@@ -18,15 +18,11 @@ from components.trainer import hparams
 from pipeline.config import PipelineConfig
 from pipeline.datasets import synthetic
 from pipeline.report import summary
+from tests.conftest import PORTABLE_HPARAMS
 from transforms.spec import load_spec
 
 pytestmark = pytest.mark.slow
 
-HPARAMS = json.dumps({"train_steps": 20, "steps_per_epoch": 10, "batch_size": 32,
-                      "ssl_batch_size": 32, "hidden_units": [16], "embedding_dim": 8,
-                      "share_towers": False, "learning_rate": 0.1})
-BEAM = ["--beam-arg=--direct_running_mode=multi_processing",
-        "--beam-arg=--direct_num_workers=2"]
 # TensorFlow's C++ logging ("2026-01-01 10:00:00.123456: I tensorflow/...",
 # "I0000 00:00:...") and Python's warnings / tracebacks / logging.
 TF_CPP = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\.\d+: [IWEF] |[IWEF]\d{4} \d\d:\d\d:\d\d)")
@@ -35,7 +31,7 @@ NOISE = re.compile(r"Warning:|Traceback|Exception ignored|^(WARNING|INFO|ERROR):
 
 def _cli(spec_path, run_root, *extra):
     cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec_path, "--run-root",
-           run_root, *BEAM, *extra]
+           run_root, *extra]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONHASHSEED="0")
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
 
@@ -60,11 +56,9 @@ def _assert_quiet(lines):
         assert not NOISE.search(line), f"warning or traceback on the console: {line}"
 
 
-def test_console_shows_progress_and_the_log_holds_the_detail(tmp_path):
-    data, run_root = str(tmp_path / "data"), str(tmp_path / "run")
-    spec_path = synthetic.generate(
-        synthetic.SyntheticConfig(n_items=200, n_pairs=1500, spans=1, seed=1), data)
-    done = _cli(spec_path, run_root, "--runner", "beam", "--hparams", HPARAMS)
+def test_console_shows_progress_and_the_log_holds_the_detail(portable_run):
+    done, spec_path, run_root = portable_run
+    data = os.path.dirname(spec_path)
     lines = done.stdout.splitlines()
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     assert done.stderr == ""
@@ -73,7 +67,7 @@ def test_console_shows_progress_and_the_log_holds_the_detail(tmp_path):
     log_path = lines[0].split()[1]
     assert lines[0].startswith("Log: ") and log_path.startswith(run_root)
     config = PipelineConfig(spec=load_spec(spec_path), run_root=run_root,
-                            hparams=hparams.from_dict(json.loads(HPARAMS)))
+                            hparams=hparams.from_dict(PORTABLE_HPARAMS))
     nodes = summary.node_ids(config)
     for node in nodes:
         assert sum(re.search(rf" start  {node}$", line) is not None for line in lines) == 1, node

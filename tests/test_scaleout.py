@@ -1,8 +1,9 @@
 """Scale-out, run for real on loopback: Beam's portable runner and multi-worker training.
 
 The data are the end-to-end test's (synthetic, 1,000 items, 3,000 pairs).
-The data half runs once on the DirectRunner; the portable runner's run must
-write the same artefacts. Training runs in 2 worker processes
+The data half runs once on the DirectRunner; the portable runner's whole run
+(``tests/conftest.py: portable_run``, also the console test's) must write the
+same data-half artefacts. Training runs in 2 worker processes
 (MultiWorkerMirroredStrategy over loopback, started by the Trainer's own
 code) and its Recall@50, computed here with NumPy, must fall within the
 spread of single-process runs over seeds. A worker that dies or fails ends
@@ -28,6 +29,7 @@ from benchmarks import scaleout
 from components.trainer import hparams, run, workers
 from pipeline import worker_pools
 from pipeline.datasets import synthetic
+from tests.conftest import SCALEOUT_DATA
 from transforms import features
 from transforms.spec import load_spec
 
@@ -43,28 +45,26 @@ SEEDS = (0, 1, 2)
 def data(tmp_path_factory):
     """(spec path, run root of the DirectRunner's data half)."""
     root = tmp_path_factory.mktemp("scaleout")
-    spec_path = synthetic.generate(
-        synthetic.SyntheticConfig(n_items=1000, n_pairs=3000, spans=1, seed=0),
-        str(root / "data"))
+    spec_path = synthetic.generate(synthetic.SyntheticConfig(**SCALEOUT_DATA),
+                                   str(root / "data"))
     direct = str(root / "direct")
     scaleout.data_half(spec_path, direct, "in-memory")
     return spec_path, direct
 
 
-def test_the_portable_runner_writes_what_the_direct_runner_writes(data, tmp_path):
-    spec_path, direct = data
-    portable = str(tmp_path / "portable")
-    scaleout.data_half(spec_path, portable, worker_pools.PORTABLE_LOCAL)
+def test_the_portable_runner_writes_what_the_direct_runner_writes(data, portable_run):
+    done, _, portable = portable_run
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     # The steps ran in SDK worker processes started by the pool, which is gone.
     logs = os.listdir(os.path.join(portable, "logs"))
     with open(os.path.join(portable, "logs", next(
             f for f in logs if f.endswith("-beam-workers.log")))) as f:
         pool_log = f.read()
-    assert pool_log.count("Starting worker with command") >= 5
+    assert pool_log.count("Starting worker with command") >= 10     # one per Beam step
     port = int(re.search(worker_pools.POOL_STARTED + r" localhost:(\d+)", pool_log).group(1))
     with socket.socket() as s:
         assert s.connect_ex(("127.0.0.1", port)) != 0, "the worker pool still listens"
-    a, b = scaleout.artefacts(direct), scaleout.artefacts(portable)
+    a, b = scaleout.artefacts(data[1]), scaleout.artefacts(portable)
     assert len(a["rows_train"]) + len(a["rows_eval"]) == 3000 and len(a["rows_catalog"]) == 1000
     assert scaleout.differences(a, b) == []
 

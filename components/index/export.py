@@ -91,6 +91,9 @@ class RetrievalModule(tf.Module):
     def signatures(self) -> dict[str, Any]:
         """``serving_default`` (named tensors) and ``retrieve_examples``, and the rest.
 
+        Traced without AutoGraph: the functions have no tensor-dependent
+        Python control flow.
+
         With ``exclude_key`` both leave the query's own item out, and
         ``keep_query_item`` / ``retrieve_examples_keep_query_item`` keep it.
         """
@@ -108,9 +111,9 @@ class RetrievalModule(tf.Module):
                 own = self._own_from_examples(examples) if exclude else None
                 return self._top_k(to_examples(examples=examples)[sig.EMBEDDING], own)
 
-            return (tf.function(from_dense).get_concrete_function(**specs),
-                    tf.function(from_examples, input_signature=examples_spec
-                                ).get_concrete_function())
+            return (tf.function(from_dense, autograph=False).get_concrete_function(**specs),
+                    tf.function(from_examples, input_signature=examples_spec,
+                                autograph=False).get_concrete_function())
 
         dense_fn, examples_fn = signature_pair(bool(self.exclude_key))
         out = {sig.SERVING_DEFAULT: dense_fn, sig.RETRIEVE_EXAMPLES: examples_fn}
@@ -119,7 +122,8 @@ class RetrievalModule(tf.Module):
             out[sig.KEEP_QUERY_ITEM] = keep_dense
             out[sig.RETRIEVE_EXAMPLES_KEEP_QUERY_ITEM] = keep_examples
         if self.scann is None:
-            evaluate = tf.function(self._evaluate, input_signature=examples_spec)
+            evaluate = tf.function(self._evaluate, input_signature=examples_spec,
+                                   autograph=False)
             out[sig.EVALUATE] = evaluate.get_concrete_function()
         return out
 
