@@ -134,10 +134,11 @@ PORTABLE_HPARAMS = {"train_steps": 20, "steps_per_epoch": 10, "batch_size": 32,
 
 @pytest.fixture(scope="session")
 def portable_run(tmp_path_factory):
-    """One whole ``python -m pipeline run`` on Beam's portable runner.
+    """One whole ``python -m pipeline run`` on Beam's portable runner, trained by 2 workers.
 
     BeamDagRunner orchestrates; every Beam step runs through PortableRunner
-    in SDK worker processes of the CLI's worker pool. Returns
+    in SDK worker processes of the CLI's worker pool, and the Trainer step
+    starts 2 training worker processes (``--trainer-workers 2``). Returns
     ``(completed process, spec path, run root)``; the console test reads its
     output, the scale-out test compares its data half with the DirectRunner's.
     """
@@ -154,7 +155,7 @@ def portable_run(tmp_path_factory):
     run_root = str(root / "run")
     cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec_path, "--run-root",
            run_root, "--runner", "beam", "--beam-preset", worker_pools.PORTABLE_LOCAL,
-           "--hparams", json.dumps(PORTABLE_HPARAMS)]
+           "--hparams", json.dumps(PORTABLE_HPARAMS), "--trainer-workers", "2"]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONHASHSEED="0")
     # The limit only stops a hang.
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)

@@ -7,6 +7,7 @@ TensorFlow's, must reach the logs, not the console.
 """
 
 import csv
+import glob
 import os
 import re
 import subprocess
@@ -14,7 +15,7 @@ import sys
 
 import pytest
 
-from components.trainer import hparams
+from components.trainer import hparams, workers
 from pipeline.config import PipelineConfig
 from pipeline.datasets import synthetic
 from pipeline.report import summary
@@ -83,6 +84,10 @@ def test_console_shows_progress_and_the_log_holds_the_detail(portable_run):
     assert push.endswith(f"pushed version {pushed[0]}")
     assert re.search(r" done   Trainer .* loss \d+\.\d{4} after 20 steps$", done.stdout,
                      re.MULTILINE)
+    # The Trainer step trained with its 2 worker processes (--trainer-workers 2).
+    model_run = glob.glob(os.path.join(run_root, "pipeline_root", "Trainer", "model_run", "*"))
+    assert sorted(os.listdir(os.path.join(model_run[0], workers.LOG_DIR))) == [
+        "job.json", "worker-0.log", "worker-1.log"]
     assert "Step times (ML Metadata):" in done.stdout
     assert f"results page: {os.path.join(run_root, 'results', 'index.html')}" in done.stdout
 
