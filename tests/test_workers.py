@@ -69,3 +69,27 @@ def test_a_worker_progress_record_is_found_after_its_log_prefix():
             "Trainer progress: step 20 of 60, loss 4.2236\n")
     assert progress.find(line) == "step 20 of 60, loss 4.2236"
     assert progress.find("I1204 epoch 2/3 done") is None
+
+
+@pytest.mark.parametrize("files", [1, 4])
+def test_each_worker_reads_its_own_shard_of_the_training_pairs(tmp_path, files):
+    import tensorflow as tf
+
+    from components.trainer import data
+
+    records = [b"r%02d" % i for i in range(40)]
+    for f in range(files):
+        with tf.io.TFRecordWriter(str(tmp_path / f"part-{f}.gz"), "GZIP") as writer:
+            for r in records[f::files]:
+                writer.write(r)
+
+    def epoch(shard):
+        stream = data.main_stream(str(tmp_path), lambda x: x, batch_size=1, seed=0,
+                                  shard=shard)
+        seen = [b.numpy()[0] for b in stream.take(200)]      # the stream repeats
+        return set(seen)
+
+    first, second = epoch((2, 0)), epoch((2, 1))
+    assert not first & second                        # no pair read by both workers
+    assert first | second == set(records)            # every pair read by one
+    assert epoch((1, 0)) == set(records)
