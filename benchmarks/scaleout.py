@@ -135,7 +135,8 @@ def train(train_job: workers.Job, n_workers: int) -> float:
         path = train_job.write(os.path.join(log_dir, "job.json"))
         log = os.path.join(log_dir, "worker-0.log")
         with open(log, "w") as f:
-            subprocess.run([sys.executable, "-m", workers.WORKER_MODULE, path], check=True,
+            subprocess.run([sys.executable, "-m", workers.WORKER_MODULE, path, str(os.getpid())],
+                           check=True,
                            stdout=f, stderr=subprocess.STDOUT,
                            env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
     else:

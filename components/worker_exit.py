@@ -16,7 +16,10 @@ from __future__ import annotations
 
 import atexit
 import gc
+import os
 import sys
+import threading
+import time
 
 
 def release_shared_objects() -> int:
@@ -41,3 +44,24 @@ atexit.register(release_shared_objects)
 
 #: The Beam flag that imports this module into every SDK worker.
 BEAM_PLUGIN_FLAG = f"--beam_plugin={__name__}"
+
+
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> threading.Thread:
+    """Ends this process when ``parent_pid``, the process that started it, is gone.
+
+    For the child processes the pipeline starts and waits on (training
+    workers, the Beam worker pool): if their parent is killed, they would
+    otherwise run on, a training worker waiting in a collective op for ever.
+    A daemon thread polls this process's parent pid (an orphan is
+    re-parented) and exits at once; the parent passes its pid, so a parent
+    that died before this call is noticed too. Safe with threads, unlike a
+    ``preexec_fn`` in the parent.
+    """
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(poll_s)
+        os._exit(1)
+
+    thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)
+    thread.start()
+    return thread

@@ -26,7 +26,6 @@ from typing import Iterator
 
 #: ``--beam-preset`` of local runs through the portable runner.
 PORTABLE_LOCAL = "portable-local"
-POOL_MODULE = "apache_beam.runners.worker.worker_pool_main"
 START_TIMEOUT_S = 120.0
 #: First words of the pool log's first line, followed by the pool's address.
 POOL_STARTED = "Beam worker pool at"
@@ -55,15 +54,6 @@ def _accepts(port: int) -> bool:
         return s.connect_ex(("127.0.0.1", port)) == 0
 
 
-def _die_with_parent() -> None:
-    os.setsid()
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _tail(path: str, lines: int = 20) -> str:
     with open(path, encoding="utf-8", errors="replace") as f:
         return "".join(f.readlines()[-lines:])
@@ -84,12 +74,12 @@ def started(log_path: str) -> Iterator[str]:
     env = dict(os.environ, PATH=os.pathsep.join(
         [os.path.dirname(sys.executable), os.environ.get("PATH", "")]))
     os.makedirs(os.path.dirname(os.path.abspath(log_path)), exist_ok=True)
-    cmd = [sys.executable, "-m", POOL_MODULE, f"--service_port={port}"]
+    cmd = [sys.executable, "-m", __name__, f"--service_port={port}", f"--parent_pid={os.getpid()}"]
     with open(log_path, "a", encoding="utf-8") as log:
         log.write(f"{POOL_STARTED} localhost:{port}: {' '.join(cmd)}\n")
         log.flush()
         pool = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                stdin=subprocess.DEVNULL, preexec_fn=_die_with_parent)
+                                stdin=subprocess.DEVNULL, start_new_session=True)
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         while not _accepts(port):
@@ -121,3 +111,22 @@ def _stop(pool: subprocess.Popen) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.killpg(pool.pid, signal.SIGKILL)     # workers that outlived the pool
     pool.wait()
+
+
+def main(argv: list[str]) -> None:
+    """``python -m pipeline.worker_pools --service_port=P --parent_pid=PID``: Beam's worker pool.
+
+    It is Beam's own (``apache_beam.runners.worker.worker_pool_main``), ended
+    when the process that started it (``PID``) is gone.
+    """
+    from apache_beam.runners.worker import worker_pool_main
+
+    from components import worker_exit
+
+    parent = next(a.split("=", 1)[1] for a in argv if a.startswith("--parent_pid="))
+    worker_exit.exit_with_parent(int(parent))
+    worker_pool_main.main([a for a in argv if not a.startswith("--parent_pid=")])
+
+
+if __name__ == "__main__":
+    main(sys.argv)

@@ -93,3 +93,30 @@ def test_each_worker_reads_its_own_shard_of_the_training_pairs(tmp_path, files):
     assert not first & second                        # no pair read by both workers
     assert first | second == set(records)            # every pair read by one
     assert epoch((1, 0)) == set(records)
+
+
+def test_a_child_process_ends_when_the_process_that_started_it_is_killed(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    # The parent is killed at once, possibly before the child starts watching it.
+    child = ("import sys, time; from components import worker_exit; "
+             "worker_exit.exit_with_parent(int(sys.argv[1]), poll_s=0.05); time.sleep(600)")
+    parent = (f"import os, subprocess, sys, time; p = subprocess.Popen([sys.executable, '-c', "
+              f"{child!r}, str(os.getpid())]); print(p.pid, flush=True); time.sleep(600)")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    proc = subprocess.Popen([sys.executable, "-c", parent], stdout=subprocess.PIPE, text=True,
+                            cwd=root)
+    pid = int(proc.stdout.readline())
+    assert psutil.pid_exists(pid)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    deadline = time.monotonic() + 60        # only stops a hang
+    while psutil.pid_exists(pid) and psutil.Process(pid).status() != psutil.STATUS_ZOMBIE:
+        assert time.monotonic() < deadline, "the child outlived its parent"
+        time.sleep(0.05)

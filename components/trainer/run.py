@@ -16,6 +16,7 @@ import tensorflow_transform as tft
 import tf_keras
 from absl import logging as absl_logging
 
+from components import worker_exit
 from components.correlation import report as correlation_report
 from components.trainer import component as trainer_component
 from components.trainer import data, export, progress, workers
@@ -283,7 +284,12 @@ def run_fn(fn_args: Any) -> None:
 
 
 def main(argv: Sequence[str]) -> None:
-    """A training worker: ``python -m components.trainer.run JOB.json`` (TF_CONFIG set)."""
+    """A training worker: ``python -m components.trainer.run JOB.json PARENT_PID``.
+
+    ``TF_CONFIG`` is set; exits when the Trainer step that started it
+    (``PARENT_PID``) is gone.
+    """
+    worker_exit.exit_with_parent(int(argv[2]))
     absl_logging.use_absl_handler()
     absl_logging.set_verbosity(absl_logging.INFO)
     train_and_export(workers.Job.read(argv[1]))

@@ -33,7 +33,7 @@ from absl import logging as absl_logging
 
 from components.trainer import progress
 
-#: The module each worker process runs (``python -m ... <job.json>``).
+#: The module each worker process runs (``python -m ... <job.json> <parent pid>``).
 WORKER_MODULE = "components.trainer.run"
 LOG_DIR = "workers"
 #: Lines of a failed worker's log quoted in the step's error.
@@ -115,15 +115,6 @@ def tf_configs(n: int) -> list[str]:
             for i in range(n)]
 
 
-def _die_with_parent() -> None:
-    """Linux: the worker gets SIGKILL when the process that started it dies."""
-    try:
-        import ctypes
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)   # PR_SET_PDEATHSIG
-    except (OSError, AttributeError):
-        pass
-
-
 def _relay(path: str, stop: threading.Event, index: int) -> None:
     """Follows worker ``index``'s log; its progress records go to this process's log."""
     while not os.path.exists(path) and not stop.is_set():
@@ -173,8 +164,9 @@ def run_local(n: int, job: Job, poll_s: float = 0.2) -> None:
             env = dict(os.environ, TF_CONFIG=config, TF_USE_LEGACY_KERAS="1")
             with open(logs[i], "w", encoding="utf-8") as out:
                 procs.append(subprocess.Popen(
-                    [sys.executable, "-m", WORKER_MODULE, job_path], env=env, stdout=out,
-                    stderr=subprocess.STDOUT, preexec_fn=_die_with_parent))
+                    [sys.executable, "-m", WORKER_MODULE, job_path, str(os.getpid())], env=env,
+                    stdout=out,
+                    stderr=subprocess.STDOUT))
         relays[0].start()
         while True:
             codes = [p.poll() for p in procs]
