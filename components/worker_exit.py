@@ -17,6 +17,7 @@ from __future__ import annotations
 import atexit
 import gc
 import os
+import signal
 import sys
 import threading
 import time
@@ -46,7 +47,8 @@ atexit.register(release_shared_objects)
 BEAM_PLUGIN_FLAG = f"--beam_plugin={__name__}"
 
 
-def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> threading.Thread:
+def exit_with_parent(parent_pid: int, poll_s: float = 1.0, group: bool = False
+                     ) -> threading.Thread:
     """Ends this process when ``parent_pid``, the process that started it, is gone.
 
     For the child processes the pipeline starts and waits on (training
@@ -55,11 +57,14 @@ def exit_with_parent(parent_pid: int, poll_s: float = 1.0) -> threading.Thread:
     A daemon thread polls this process's parent pid (an orphan is
     re-parented) and exits at once; the parent passes its pid, so a parent
     that died before this call is noticed too. Safe with threads, unlike a
-    ``preexec_fn`` in the parent.
+    ``preexec_fn`` in the parent. With ``group``, the process leads its own
+    process group and takes the group (its own children) with it.
     """
     def watch() -> None:
         while os.getppid() == parent_pid:
             time.sleep(poll_s)
+        if group:
+            os.killpg(0, signal.SIGKILL)
         os._exit(1)
 
     thread = threading.Thread(target=watch, name="exit-with-parent", daemon=True)

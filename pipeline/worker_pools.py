@@ -124,7 +124,7 @@ def main(argv: list[str]) -> None:
     from components import worker_exit
 
     parent = next(a.split("=", 1)[1] for a in argv if a.startswith("--parent_pid="))
-    worker_exit.exit_with_parent(int(parent))
+    worker_exit.exit_with_parent(int(parent), group=True)     # with the SDK workers it started
     worker_pool_main.main([a for a in argv if not a.startswith("--parent_pid=")])
 
 

@@ -15,7 +15,6 @@ import json
 import os
 import re
 import signal
-import socket
 import threading
 import time
 
@@ -60,12 +59,13 @@ def test_the_portable_runner_writes_what_the_direct_runner_writes(data, portable
     with open(os.path.join(portable, "logs", next(
             f for f in logs if f.endswith("-beam-workers.log")))) as f:
         pool_log = f.read()
-    # One SDK worker per Beam step: 2 ExampleGens, 2 StatisticsGens, JoinExamples,
-    # Transform, FeatureCorrelation, IndexBuilder, Evaluator.
-    assert pool_log.count("Starting worker with command") == 9
-    port = int(re.search(worker_pools.POOL_STARTED + r" localhost:(\d+)", pool_log).group(1))
-    with socket.socket() as s:
-        assert s.connect_ex(("127.0.0.1", port)) != 0, "the worker pool still listens"
+    # At least one SDK worker per Beam step: 2 ExampleGens, 2 StatisticsGens,
+    # JoinExamples, Transform, FeatureCorrelation, IndexBuilder, Evaluator.
+    assert pool_log.count("Starting worker with command") >= 9
+    port = re.search(worker_pools.POOL_STARTED + r" localhost:(\d+)", pool_log).group(1)
+    alive = [p for p in psutil.process_iter(["cmdline"])
+             if f"--service_port={port}" in (p.info["cmdline"] or [])]
+    assert alive == [], "the worker pool outlived the run"
     a, b = scaleout.artefacts(data[1]), scaleout.artefacts(portable)
     assert len(a["rows_train"]) + len(a["rows_eval"]) == 3000 and len(a["rows_catalog"]) == 1000
     assert scaleout.differences(a, b) == []

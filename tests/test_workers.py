@@ -71,17 +71,19 @@ def test_a_worker_progress_record_is_found_after_its_log_prefix():
     assert progress.find("I1204 epoch 2/3 done") is None
 
 
-@pytest.mark.parametrize("files", [1, 4])
-def test_each_worker_reads_its_own_shard_of_the_training_pairs(tmp_path, files):
+@pytest.mark.parametrize("sizes", [[40], [10, 10, 10, 10], [33, 0, 7]])
+def test_each_worker_reads_its_own_equal_shard_of_the_training_pairs(tmp_path, sizes):
     import tensorflow as tf
 
     from components.trainer import data
 
     records = [b"r%02d" % i for i in range(40)]
-    for f in range(files):
+    start = 0
+    for f, size in enumerate(sizes):        # files of any size, one of them empty
         with tf.io.TFRecordWriter(str(tmp_path / f"part-{f}.gz"), "GZIP") as writer:
-            for r in records[f::files]:
+            for r in records[start:start + size]:
                 writer.write(r)
+        start += size
 
     def epoch(shard):
         stream = data.main_stream(str(tmp_path), lambda x: x, batch_size=1, seed=0,
@@ -92,6 +94,7 @@ def test_each_worker_reads_its_own_shard_of_the_training_pairs(tmp_path, files):
     first, second = epoch((2, 0)), epoch((2, 1))
     assert not first & second                        # no pair read by both workers
     assert first | second == set(records)            # every pair read by one
+    assert len(first) == len(second) == 20           # equal shards
     assert epoch((1, 0)) == set(records)
 
 

@@ -63,17 +63,14 @@ def main_stream(split_dir: str, decode: Decoder, batch_size: int, seed: int,
     """Endless shuffled batches of training pairs, decoded by ``decode``.
 
     ``shard`` ``(n, i)``: this reader's share of the split when ``n`` readers
-    (training workers) share it: whole files when there are at least ``n``
-    files, otherwise every ``n``-th record (tf.data's AUTO sharding rule).
+    (training workers) share it: every ``n``-th record from the ``i``-th, so
+    the shards are equal whatever the files' sizes (a shard of whole files
+    could be small or empty, and its records drawn more often).
     """
     n, i = shard
-    files = tfrecords.split_files(split_dir)
-    if n > 1 and len(files) >= n:
-        records = tf.data.TFRecordDataset(files[i::n], compression_type="GZIP")
-    else:
-        records = tfrecords.split_dataset(split_dir)
-        if n > 1:
-            records = records.shard(n, i)
+    records = tfrecords.split_dataset(split_dir)
+    if n > 1:
+        records = records.shard(n, i)
     return (records
             .shuffle(shuffle_buffer, seed=seed, reshuffle_each_iteration=True)
             .repeat()

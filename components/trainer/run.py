@@ -244,13 +244,17 @@ def train_and_export(job: workers.Job) -> None:
     In a multi-worker run (``TF_CONFIG`` set) every worker calls this; only
     the chief's TensorBoard logs and export are kept, the others write to a
     scratch folder that is removed (every worker must save: saving can run
-    collective ops).
+    collective ops); local workers' scratch folders are under
+    ``job.scratch_root``, which :func:`~components.trainer.workers.run_local`
+    also removes when a worker was killed.
     """
     hp, spec = trainer_component.read_custom_config(job.custom_config)
     correlation = correlation_report.read(job.correlation_uri) if job.correlation_uri else None
     log_dir, export_dir, scratch = job.log_dir, job.export_dir, None
     if not workers.is_chief():
-        scratch = tempfile.mkdtemp(prefix="trainer-worker-")
+        if job.scratch_root:
+            os.makedirs(job.scratch_root, exist_ok=True)
+        scratch = tempfile.mkdtemp(prefix="trainer-worker-", dir=job.scratch_root)
         log_dir, export_dir = os.path.join(scratch, "logs"), os.path.join(scratch, "export")
     try:
         model, history = train(spec, hp, job.transform_dir, job.train_dir, job.catalog_dir,

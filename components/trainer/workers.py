@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -55,6 +56,8 @@ class Job:
     correlation_uri: Optional[str]
     log_dir: str
     export_dir: str
+    #: Folder for the non-chief workers' scratch saves (None: the system's temp folder).
+    scratch_root: Optional[str] = None
 
     def write(self, path: str) -> str:
         """Writes the job as JSON to ``path``; returns ``path``."""
@@ -120,14 +123,15 @@ def _relay(path: str, stop: threading.Event, index: int) -> None:
     while not os.path.exists(path) and not stop.is_set():
         time.sleep(0.1)
     with open(path, encoding="utf-8", errors="replace") as f:
+        line = ""
         while True:
-            line = f.readline()
-            if not line:
+            line += f.readline()
+            if not line.endswith("\n"):              # nothing new, or a line half written
                 if stop.is_set():
                     return
                 time.sleep(0.2)
                 continue
-            record = progress.find(line)
+            record, line = progress.find(line), ""
             if record is not None and index == 0:
                 absl_logging.info("Trainer progress: %s", record)
 
@@ -153,7 +157,10 @@ def run_local(n: int, job: Job, poll_s: float = 0.2) -> None:
     """
     log_dir = os.path.join(job.log_dir, LOG_DIR)
     os.makedirs(log_dir, exist_ok=True)
+    scratch = os.path.join(log_dir, "scratch")
+    job = dataclasses.replace(job, scratch_root=scratch)
     job_path = job.write(os.path.join(log_dir, "job.json"))
+    threads = str(max(1, (os.cpu_count() or 1) // n))     # n workers share the cores
     logs = [os.path.join(log_dir, f"worker-{i}.log") for i in range(n)]
     stop = threading.Event()
     relays = [threading.Thread(target=_relay, args=(logs[0], stop, 0), daemon=True)]
@@ -162,6 +169,7 @@ def run_local(n: int, job: Job, poll_s: float = 0.2) -> None:
     try:
         for i, config in enumerate(tf_configs(n)):
             env = dict(os.environ, TF_CONFIG=config, TF_USE_LEGACY_KERAS="1")
+            env.setdefault("TF_NUM_INTRAOP_THREADS", threads)
             with open(logs[i], "w", encoding="utf-8") as out:
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", WORKER_MODULE, job_path, str(os.getpid())], env=env,
@@ -188,4 +196,5 @@ def run_local(n: int, job: Job, poll_s: float = 0.2) -> None:
         for t in relays:
             if t.is_alive():
                 t.join(timeout=5)
+        shutil.rmtree(scratch, ignore_errors=True)    # also after a worker was killed
     absl_logging.info("Trainer: %d workers finished", n)
