@@ -9,8 +9,9 @@ cluster's workers do. :func:`started` starts that pool for the length of a
 run and stops it, with its workers, afterwards.
 
 The pool starts its workers as ``python`` from ``PATH``; the pool gets a
-``PATH`` whose first entry is this interpreter's folder, so the workers run
-the same environment as the pipeline.
+``PATH`` whose first entry is this interpreter's folder, so in a virtual
+environment (where that folder's ``python`` is this interpreter, as with
+``make install``) the workers run the same environment as the pipeline.
 """
 
 from __future__ import annotations
