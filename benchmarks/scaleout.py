@@ -125,22 +125,11 @@ def job(spec_path: str, run_root: str, out: str, hp: hparams_lib.HParams) -> wor
 
 
 def train(train_job: workers.Job, n_workers: int) -> float:
-    """Trains ``train_job`` with ``n_workers`` processes (1: in a child process too,
-    so both cost the same start-up); its examples/s after the first epoch."""
+    """Trains ``train_job`` with ``n_workers`` worker processes (1 too, so both
+    pay the same start-up); its examples/s after the first epoch."""
     from components.trainer import run
 
-    if n_workers == 1:
-        log_dir = os.path.join(train_job.log_dir, workers.LOG_DIR)
-        os.makedirs(log_dir, exist_ok=True)
-        path = train_job.write(os.path.join(log_dir, "job.json"))
-        log = os.path.join(log_dir, "worker-0.log")
-        with open(log, "w") as f:
-            subprocess.run([sys.executable, "-m", workers.WORKER_MODULE, path, str(os.getpid())],
-                           check=True,
-                           stdout=f, stderr=subprocess.STDOUT,
-                           env=dict(os.environ, TF_USE_LEGACY_KERAS="1"))
-    else:
-        workers.run_local(n_workers, train_job)
+    workers.run_local(n_workers, train_job)
     with open(os.path.join(train_job.log_dir, workers.LOG_DIR, "worker-0.log")) as f:
         found = re.findall(re.escape(run.THROUGHPUT_RECORD) + r" ([\d.]+)", f.read())
     return float(found[-1])
@@ -148,9 +137,12 @@ def train(train_job: workers.Job, n_workers: int) -> float:
 
 def recall_at_50(export_dir: str, eval_dir: str, catalog_dir: str, item_id: str) -> float:
     """Recall@50 of an exported model on the eval split: brute force over the
-    catalog with NumPy, each query's own item left out."""
+    catalog with NumPy, each query's own item left out, ranked as the
+    Evaluator ranks (ties pessimistic)."""
     import tensorflow as tf
 
+    from components.evaluate.metrics import positive_ranks, recall_at_k
+    from components.index import search
     from serving import signatures as sig
 
     id_key, query_id_key = features.item_key(item_id), features.query_key(item_id)
@@ -166,13 +158,9 @@ def recall_at_50(export_dir: str, eval_dir: str, catalog_dir: str, item_id: str)
         examples=tf.constant(items))[sig.EMBEDDING].numpy()
     queries = model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
         examples=tf.constant(rows))[sig.EMBEDDING].numpy()
-    item_vecs /= np.linalg.norm(item_vecs, axis=1, keepdims=True)
-    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
-    scores = queries @ item_vecs.T
+    scores = search.normalize(queries) @ search.normalize(item_vecs).T
     scores[np.arange(len(own)), own] = -np.inf
-    positive_scores = scores[np.arange(len(positive)), positive][:, None]
-    ranks = (scores >= positive_scores).sum(axis=1) - 1     # ties ranked pessimistically
-    return float(np.mean(ranks < 50))
+    return recall_at_k(positive_ranks(scores, positive), 50)
 
 
 HPARAMS = {"variant": "cfm", "train_steps": 300, "steps_per_epoch": 50, "batch_size": 64,

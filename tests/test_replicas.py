@@ -39,9 +39,8 @@ SCRIPT = textwrap.dedent("""
         q, i, e = q @ w, i @ w, e @ w
         extra_items, extra_ids_, extra_lq = [e], [eids], [elq]
         if replicated:
-            extra_items = [_other_replicas(i), _all_replicas(e)]
-            extra_ids_ = [_other_replicas(ids_), _all_replicas(eids)]
-            extra_lq = [_other_replicas(lq), _all_replicas(elq)]
+            others, everyone = _other_replicas(i, ids_, lq), _all_replicas(e, eids, elq)
+            extra_items, extra_ids_, extra_lq = [list(block) for block in zip(others, everyone)]
         return losses.batch_softmax_loss(
             q, i, 0.1, item_ids=ids_, log_q=lq, extra_items=tf.concat(extra_items, 0),
             extra_ids=tf.concat(extra_ids_, 0), extra_log_q=tf.concat(extra_lq, 0))[0]
@@ -50,7 +49,8 @@ SCRIPT = textwrap.dedent("""
         z, zp = z @ w, zp @ w
         extra = {}
         if replicated:
-            extra = {"extra_views": _other_replicas(zp), "extra_ids": _other_replicas(ids_)}
+            views, view_ids = _other_replicas(zp, ids_)
+            extra = {"extra_views": views, "extra_ids": view_ids}
         return losses.ssl_loss(z, zp, 0.2, item_ids=ids_, **extra)[0]
 
     def one_process():

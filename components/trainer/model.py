@@ -87,23 +87,33 @@ def _replicas() -> int:
     return tf.distribute.get_strategy().num_replicas_in_sync
 
 
-def _all_replicas(value: tf.Tensor) -> tf.Tensor:
-    """``value``'s rows of every replica, in replica order (itself with one replica).
+def _gather(values: Sequence[Optional[tf.Tensor]]) -> list[Optional[tf.Tensor]]:
+    """Every replica's rows of each tensor of ``values``, in replica order.
 
-    The gradient of the gathered rows flows back to the replica that made them.
+    One collective per tensor (a batched gather packs its tensors into one,
+    which needs equal dtypes and ranks); Nones stay None. Gradients flow back
+    to the replica that made the rows.
     """
-    if _replicas() == 1:
-        return value
-    return tf.distribute.get_replica_context().all_gather(value, axis=0)
-
-
-def _other_replicas(value: tf.Tensor) -> tf.Tensor:
-    """The other replicas' rows of ``value`` (every replica has as many rows)."""
     context = tf.distribute.get_replica_context()
-    gathered = context.all_gather(value, axis=0)
-    n = tf.shape(value)[0]
+    return [None if v is None else context.all_gather(v, axis=0) for v in values]
+
+
+def _all_replicas(*values: Optional[tf.Tensor]) -> list[Optional[tf.Tensor]]:
+    """``values``' rows of every replica (the values themselves with one replica)."""
+    return list(values) if _replicas() == 1 else _gather(values)
+
+
+def _other_replicas(*values: Optional[tf.Tensor]) -> list[Optional[tf.Tensor]]:
+    """The other replicas' rows of each of ``values`` (every replica has as many rows)."""
+    context = tf.distribute.get_replica_context()
     me = tf.cast(context.replica_id_in_sync_group, tf.int32)
-    return tf.concat([gathered[:me * n], gathered[(me + 1) * n:]], axis=0)
+    out = []
+    for value, gathered in zip(values, _gather(values)):
+        if value is not None:
+            n = tf.shape(value)[0]
+            gathered = tf.concat([gathered[:me * n], gathered[(me + 1) * n:]], axis=0)
+        out.append(gathered)
+    return out
 
 
 def _tower_many(tower: Tower, parts: Sequence[tuple[Mapping[str, tf.RaggedTensor],
@@ -266,25 +276,21 @@ class TwoTowerSSL(tf_keras.Model):
         ids = _first_id(main[features.item_key(layout.id_name)])
         query_ids = _first_id(main[features.query_key(layout.id_name)]) if self.shared else None
         log_q = self._log_q(main[features.ITEM_TRAIN_COUNT]) if hp.logq_correction else None
-        items, item_ids, item_log_q = [], [], []
+        # Candidate blocks beside the in-batch positives: (embeddings, ids, log Q).
+        blocks = []
         if _replicas() > 1:
-            items.append(_other_replicas(emb["item"]))
-            item_ids.append(_other_replicas(ids))
-            if log_q is not None:
-                item_log_q.append(_other_replicas(log_q))
+            blocks.append(_other_replicas(emb["item"], ids, log_q))
         if self.flags.extra_negatives:
             extra_log_q = (self._log_q(ssl[features.ITEM_TRAIN_COUNT]) if hp.logq_correction
                            else None)
-            for out, value in ((items, emb["extra"]),
-                               (item_ids, _first_id(ssl[features.item_key(layout.id_name)])),
-                               (item_log_q, extra_log_q)):
-                if value is not None:
-                    out.append(_all_replicas(value))
+            blocks.append(_all_replicas(
+                emb["extra"], _first_id(ssl[features.item_key(layout.id_name)]), extra_log_q))
         extra = {}
-        if items:
-            extra = {"extra_items": tf.concat(items, 0), "extra_ids": tf.concat(item_ids, 0)}
+        if blocks:
+            extra = {"extra_items": tf.concat([b[0] for b in blocks], 0),
+                     "extra_ids": tf.concat([b[1] for b in blocks], 0)}
             if log_q is not None:
-                extra["extra_log_q"] = tf.concat(item_log_q, 0)
+                extra["extra_log_q"] = tf.concat([b[2] for b in blocks], 0)
         return losses.batch_softmax_loss(
             emb["query"], emb["item"], hp.temperature, item_ids=ids, log_q=log_q,
             query_ids=query_ids, remove_accidental_hits=hp.remove_accidental_hits, **extra)
@@ -312,8 +318,8 @@ class TwoTowerSSL(tf_keras.Model):
                 ssl_ids = _first_id(ssl[features.item_key(self.layout.id_name)])
                 others = {}
                 if replicas > 1:     # the global batch's second views are the negatives
-                    others = {"extra_views": _other_replicas(z_prime),
-                              "extra_ids": _other_replicas(ssl_ids)}
+                    views, view_ids = _other_replicas(z_prime, ssl_ids)
+                    others = {"extra_views": views, "extra_ids": view_ids}
                 ssl_loss, ssl_logits, ssl_labels = losses.ssl_loss(
                     z, z_prime, self.hparams.tau_ssl, item_ids=ssl_ids, **others)
                 total = main_loss + self.hparams.alpha * ssl_loss

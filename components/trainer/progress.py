@@ -15,9 +15,11 @@ from typing import Optional
 from absl import logging as absl_logging
 
 EVERY_S = 10.0
-_FORMAT = "Trainer progress: step %d of %d, loss %.4f"
-_RECORD = re.compile(r"^Trainer progress: (step \d+ of \d+, loss \S+)$")
-_IN_LINE = re.compile(r"Trainer progress: (step \d+ of \d+, loss \S+)\s*$")
+_PREFIX = "Trainer progress:"
+_FORMAT = _PREFIX + " step %d of %d, loss %.4f"
+_BODY = r"(step \d+ of \d+, loss \S+)"
+_RECORD = re.compile(rf"^{_PREFIX} {_BODY}$")
+_IN_LINE = re.compile(rf"{_PREFIX} {_BODY}\s*$")
 
 
 class Reporter:
@@ -50,3 +52,8 @@ def find(line: str) -> Optional[str]:
     """
     match = _IN_LINE.search(line)
     return match.group(1) if match else None
+
+
+def relay(record: str) -> None:
+    """Logs a record another process wrote (:func:`find`'s result) as this process's own."""
+    absl_logging.info("%s %s", _PREFIX, record)

@@ -72,12 +72,16 @@ class Job:
             return cls(**json.load(f))
 
 
+def _tf_config() -> dict[str, Any]:
+    return json.loads(os.environ.get("TF_CONFIG") or "{}")
+
+
 def task() -> tuple[str, int, int]:
     """``(type, index, number of workers)`` of this process from ``TF_CONFIG``.
 
     Without ``TF_CONFIG``: ``("worker", 0, 1)``, a one-process run.
     """
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
+    config = _tf_config()
     cluster, me = config.get("cluster") or {}, config.get("task") or {}
     total = sum(len(v) for k, v in cluster.items() if k in ("chief", "worker")) or 1
     return me.get("type", "worker"), int(me.get("index", 0)), total
@@ -90,11 +94,10 @@ def in_cluster() -> bool:
 
 def is_chief() -> bool:
     """Whether this process writes the model: the ``chief``, else worker 0."""
-    config = json.loads(os.environ.get("TF_CONFIG") or "{}")
     kind, index, _ = task()
     if kind == "chief":
         return True
-    return kind == "worker" and index == 0 and "chief" not in (config.get("cluster") or {})
+    return kind == "worker" and index == 0 and "chief" not in (_tf_config().get("cluster") or {})
 
 
 def free_ports(n: int) -> list[int]:
@@ -133,7 +136,7 @@ def _relay(path: str, stop: threading.Event, index: int) -> None:
                 continue
             record, line = progress.find(line), ""
             if record is not None and index == 0:
-                absl_logging.info("Trainer progress: %s", record)
+                progress.relay(record)
 
 
 def _tail(path: str, lines: int = ERROR_TAIL_LINES) -> str:
