@@ -317,8 +317,14 @@ def test_model_manager_reports_each_version_loaded_or_failed_once(served, tmp_pa
     assert reports[1].error.startswith("OSError: Cannot parse file")
 
 
-def test_evaluate_signature_top_k_and_own_item_excluded(served, tmp_path):
-    """The Evaluator's signature: top-K ids over the catalog, scores (1 + cos) / 2."""
+@pytest.mark.parametrize("item_block", [index_export.ITEM_BLOCK, 7])
+def test_evaluate_signature_top_k_and_own_item_excluded(served, tmp_path, monkeypatch,
+                                                        item_block):
+    """The Evaluator's signature: top-K ids over the catalog, scores (1 + cos) / 2.
+
+    Also with the catalog scored in blocks of 7 items (a million-item catalog's path).
+    """
+    monkeypatch.setattr(index_export, "ITEM_BLOCK", item_block)
     module = index_export.RetrievalModule(served["query_model"], served["ids"],
                                           served["items"], K, exclude_key="query_item_id")
     index_export.save(module, str(tmp_path / "eval"))
@@ -645,3 +651,15 @@ def test_batcher_runs_queued_requests_together_and_isolates_a_bad_one(tmp_path):
     finally:
         batcher.stop()
     assert calls[0] == 5 and sorted(calls[1:]) == [1, 1, 1, 2]   # one batch, then singly
+
+
+def test_brute_force_in_query_blocks_equals_one_block(monkeypatch):
+    """The NumPy oracle scores queries in blocks; the answer is the same as at once."""
+    rng = np.random.default_rng(0)
+    queries, items = rng.normal(size=(23, 8)), rng.normal(size=(50, 8))
+    whole = search.brute_force(queries, items, 5)
+    monkeypatch.setattr(search, "SCORE_BLOCK", 3 * 50)       # 3 queries a block
+    blocks = search.brute_force(queries, items, 5)
+    exact = search.normalize(queries) @ search.normalize(items).T
+    np.testing.assert_allclose(blocks[0], np.sort(exact, axis=1)[:, ::-1][:, :5], rtol=1e-6)
+    np.testing.assert_array_equal(blocks[1], whole[1])

@@ -21,6 +21,12 @@ The brute-force variant also has ``evaluate`` for TFMA: serialized
 ``scores`` mapped from cosine into [0, 1] (``(1 + cos) / 2``, the range TFMA
 expects of confidence scores) out; the query's own item is excluded when
 the query carries its item id (item-to-item retrieval).
+
+Brute force stays exact at any catalog size and bounded in memory: the
+catalog is scored in blocks of :data:`ITEM_BLOCK` items, each block's top
+``k`` kept, and the top ``k`` of those taken (the top ``k`` of the whole
+catalog is among them). The item matrix and ids are variables, so they are
+saved once beside the graph, not inside it.
 """
 
 from __future__ import annotations
@@ -34,6 +40,8 @@ from components.index import search
 from serving import signatures as sig
 
 SCANN_NAMESPACE = "Scann"
+#: Items scored at once by brute force ([queries, ITEM_BLOCK] scores).
+ITEM_BLOCK = 1 << 16
 
 
 def _first(values: tf.Tensor) -> tf.Tensor:
@@ -50,19 +58,35 @@ class RetrievalModule(tf.Module):
         super().__init__()
         self.exclude_key = exclude_key
         self.query_model = query_model
-        self.item_ids = tf.constant(item_ids.astype(object).astype(bytes))
+        self.item_ids = tf.Variable(item_ids.astype(object).astype(bytes), trainable=False,
+                                    name="item_ids")
+        self.n_items = len(item_ids)
         self.k = int(min(k, len(item_ids) - (1 if exclude_key else 0)))
         if searcher is None:
-            self.items = tf.constant(search.normalize(items))
+            self.items = tf.Variable(search.normalize(items), trainable=False, name="items")
             self.scann = None
         else:
             self.items = None
             self.scann = searcher.serialize_to_module()
 
+    def _exact(self, query: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
+        """Brute-force (scores [N, k], indices [N, k]) by blocks of items (module docstring)."""
+        scores, indices = [], []
+        for start in range(0, self.n_items, ITEM_BLOCK):
+            block = self.items[start:start + ITEM_BLOCK]
+            top = tf.math.top_k(tf.matmul(query, block, transpose_b=True),
+                                k=min(k, min(ITEM_BLOCK, self.n_items - start)))
+            scores.append(top.values)
+            indices.append(top.indices + start)
+        if len(scores) == 1:
+            return scores[0], indices[0]
+        top = tf.math.top_k(tf.concat(scores, axis=1), k=k)
+        return top.values, tf.gather(tf.concat(indices, axis=1), top.indices, batch_dims=1)
+
     def _search(self, query: tf.Tensor, k: int) -> tuple[tf.Tensor, tf.Tensor]:
         """(cosine scores [N, k], item indices [N, k]) of normalized queries, best first."""
         if self.scann is None:
-            return tuple(tf.math.top_k(tf.matmul(query, self.items, transpose_b=True), k=k))
+            return self._exact(query, k)
         from scann.scann_ops.py import scann_ops
 
         handle = self.scann.recreate_handle()
@@ -130,15 +154,10 @@ class RetrievalModule(tf.Module):
     def _evaluate(self, examples: tf.Tensor) -> dict[str, tf.Tensor]:
         embedding = self.query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
             examples=examples)[sig.EMBEDDING]
-        scores = tf.matmul(tf.math.l2_normalize(embedding, axis=-1), self.items,
-                           transpose_b=True)
-        if self.exclude_key:
-            own = self._own_from_examples(examples)
-            scores = tf.where(tf.equal(self.item_ids[None, :], own[:, None]),
-                              tf.constant(-2.0, scores.dtype), scores)
-        top = tf.math.top_k(scores, k=self.k)
-        return {sig.CLASSES: tf.gather(self.item_ids, top.indices),
-                sig.SCORES: tf.clip_by_value((top.values + 1.0) / 2.0, 0.0, 1.0)}
+        own = self._own_from_examples(examples) if self.exclude_key else None
+        top = self._top_k(embedding, own)
+        return {sig.CLASSES: top[sig.ITEM_IDS],
+                sig.SCORES: tf.clip_by_value((top[sig.SCORES] + 1.0) / 2.0, 0.0, 1.0)}
 
 
 def save(module: RetrievalModule, path: str) -> None:

@@ -55,14 +55,31 @@ def normalize(x: np.ndarray) -> np.ndarray:
     return (x / np.maximum(norms, 1e-12)).astype(np.float32)
 
 
+#: Query-by-item scores held at once by :func:`brute_force` (256 MiB of float32).
+SCORE_BLOCK = 1 << 26
+
+
 def brute_force(queries: np.ndarray, items: np.ndarray, k: int) -> tuple[np.ndarray, np.ndarray]:
-    """Exact top-``k`` by cosine: ``(scores [Q, k], indices [Q, k])``, best first."""
-    scores = normalize(queries) @ normalize(items).T
+    """Exact top-``k`` by cosine: ``(scores [Q, k], indices [Q, k])``, best first.
+
+    Queries are scored in blocks of about :data:`SCORE_BLOCK` scores, so a
+    million-item catalog needs a few hundred MiB, not [Q, N] at once.
+    """
+    items = normalize(items)
+    queries = normalize(queries)
     k = min(k, items.shape[0])
-    top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
-    order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
-    top = np.take_along_axis(top, order, axis=1)
-    return np.take_along_axis(scores, top, axis=1), top
+    step = max(1, SCORE_BLOCK // max(items.shape[0], 1))
+    out_scores, out_top = [], []
+    for start in range(0, len(queries), step):
+        scores = queries[start:start + step] @ items.T
+        top = np.argpartition(-scores, k - 1, axis=1)[:, :k]
+        order = np.argsort(-np.take_along_axis(scores, top, axis=1), axis=1, kind="stable")
+        top = np.take_along_axis(top, order, axis=1)
+        out_scores.append(np.take_along_axis(scores, top, axis=1))
+        out_top.append(top)
+    if not out_top:
+        return np.zeros((0, k), np.float32), np.zeros((0, k), np.int64)
+    return np.concatenate(out_scores), np.concatenate(out_top)
 
 
 def score_recall(approx_scores: np.ndarray, exact_scores: np.ndarray, tol: float = 1e-5) -> float:
