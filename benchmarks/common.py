@@ -88,16 +88,17 @@ def latest_artifact(run_root: str, node: str, key: str) -> str:
 
 
 def write_results(name: str, values: dict[str, object],
-                  markdown: Callable[[dict[str, object]], str]) -> None:
-    """Writes ``results/<name>.json`` (flat keys) and ``results/<name>.md``.
+                  markdown: Callable[[dict[str, object]], str], folder: str = RESULTS) -> None:
+    """Writes ``<folder>/<name>.json`` (flat keys) and ``<folder>/<name>.md``.
 
     ``markdown`` renders the values (with ``command`` and machine facts added).
+    ``folder`` is ``benchmarks/results`` unless a test writes elsewhere.
     """
-    os.makedirs(RESULTS, exist_ok=True)
+    os.makedirs(folder, exist_ok=True)
     values = {"command": " ".join([os.path.relpath(sys.argv[0]), *sys.argv[1:]]),
               **machine(), **values}
-    with open(os.path.join(RESULTS, f"{name}.json"), "w") as f:
+    with open(os.path.join(folder, f"{name}.json"), "w") as f:
         json.dump(values, f, indent=2, sort_keys=True)
         f.write("\n")
-    with open(os.path.join(RESULTS, f"{name}.md"), "w") as f:
+    with open(os.path.join(folder, f"{name}.md"), "w") as f:
         f.write(markdown(values))

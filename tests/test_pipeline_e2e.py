@@ -149,39 +149,50 @@ def _raw_examples(split_dir):
     return [r.numpy() for r in tf.data.TFRecordDataset(files, compression_type="GZIP")]
 
 
-def _check_evaluation(store, out):
-    """TFMA's overall Recall@50 and MAP@10 equal a NumPy brute-force computation."""
+def numpy_ranks(store):
+    """0-based rank of each eval pair's positive among every catalog item, by NumPy.
+
+    The brute-force oracle of the Evaluator: the Trainer's query embeddings of
+    the eval split against the IndexBuilder's item embeddings, the query's own
+    item left out.
+    """
     import numpy as np
 
-    from components.evaluate import report
-    from components.evaluate.metrics import map_at_k, positive_ranks, recall_at_k
+    from components.evaluate.metrics import positive_ranks
     from components.index import executor as index_executor
     from components.index import search
 
-    evaluator = records.latest(store, NAME, "Evaluator")
-    assert evaluator.properties["blessing"]["blessed"] == 1
-    metrics = report.metrics_by_slice(evaluator.outputs["evaluation"][0])
-    assert {"overall", "item_bucket=head", "item_bucket=tail"} <= set(metrics)
-    assert any(label.startswith("item_category=") for label in metrics)
     index = records.latest(store, NAME, "IndexBuilder")
     ids, items = index_executor.read_embeddings(os.path.join(
         index.outputs["scann_model"][0], index_executor.EMBEDDINGS_DIR))
+    column = {item_id: i for i, item_id in enumerate(ids)}
     join = records.latest(store, NAME, "JoinExamples")
     rows = _raw_examples(os.path.join(join.outputs["examples"][0], "Split-eval"))
     parsed = [tf.train.Example.FromString(r).features.feature for r in rows]
-    positive = np.array([list(ids).index(f["item_item_id"].bytes_list.value[0].decode())
-                         for f in parsed])
-    own = np.array([list(ids).index(f["query_item_id"].bytes_list.value[0].decode())
-                    for f in parsed])
+    positive = np.array([column[f["item_item_id"].bytes_list.value[0].decode()] for f in parsed])
+    own = np.array([column[f["query_item_id"].bytes_list.value[0].decode()] for f in parsed])
     trainer_model = tf.saved_model.load(os.path.join(
         records.latest(store, NAME, "Trainer").outputs["model"][0], "Format-Serving"))
     queries = trainer_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
         examples=tf.constant(rows))[sig.EMBEDDING].numpy()
     scores = search.normalize(queries) @ search.normalize(items).T
     scores[np.arange(len(own)), own] = -np.inf
-    ranks = positive_ranks(scores, positive)
-    tol = 1.5 / len(rows)   # one near-tie may order differently in TF and NumPy
-    assert metrics["overall"]["example_count"] == len(rows)
+    return positive_ranks(scores, positive)
+
+
+def _check_evaluation(store, out):
+    """TFMA's overall Recall@50 and MAP@10 equal a NumPy brute-force computation."""
+    from components.evaluate import report
+    from components.evaluate.metrics import map_at_k, recall_at_k
+
+    evaluator = records.latest(store, NAME, "Evaluator")
+    assert evaluator.properties["blessing"]["blessed"] == 1
+    metrics = report.metrics_by_slice(evaluator.outputs["evaluation"][0])
+    assert {"overall", "item_bucket=head", "item_bucket=tail"} <= set(metrics)
+    assert any(label.startswith("item_category=") for label in metrics)
+    ranks = numpy_ranks(store)
+    tol = 1.5 / len(ranks)   # one near-tie may order differently in TF and NumPy
+    assert metrics["overall"]["example_count"] == len(ranks)
     assert metrics["overall"]["recall_at_50"] == pytest.approx(recall_at_k(ranks, 50), abs=tol)
     assert metrics["overall"]["map_at_10"] == pytest.approx(map_at_k(ranks, 10), abs=tol)
     assert "model BLESSED" in out and "item_bucket=tail" in out and "results page:" in out

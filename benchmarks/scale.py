@@ -1,0 +1,483 @@
+"""The whole pipeline on a million-item catalog, and what serving it costs.
+
+Stages (each writes ``<work>/<stage>.json``, so an interrupted benchmark
+resumes; ``--stages`` picks some):
+
+* ``pipeline``: the long-tail feature-rich generator (``synthetic --rich
+  --long-tail``) writes ``--items`` items and ``--pairs`` log pairs; then one
+  fresh ``python -m pipeline run`` (the CLI and ``create_pipeline`` that
+  MovieLens uses, every step, default settings) runs on it. Measured: wall
+  time, peak RSS of the process tree (sampled every 0.5 s), each step's wall
+  time (ML Metadata) and peak RSS (the samples inside the step's window), and
+  the longest gap between two console lines.
+* ``movielens``: a fresh ``make run``-style pipeline run on MovieLens-1M
+  (``data/movielens-1m``, from ``make run``); the sum of its steps' wall
+  times.
+* ``trainer``: examples/s of the default variant on this run's data over
+  examples/s on MovieLens-1M (the ``movielens`` stage's run), built and
+  timed in one process in alternating rounds, as
+  ``benchmarks/train_throughput.py`` does. The same generator at 4,000 items
+  (the control: the same 17 features, a catalog 250x smaller) is timed in
+  the same rounds.
+* ``search``: ScaNN (the IndexBuilder's settings) and brute force search
+  the run's item embeddings for the same real eval queries: ScaNN's
+  recall@10 against brute force (by scores) and its queries/s over brute
+  force's, one query at a time and in batches of 100; then the two exported
+  SavedModels, serialized query in, one at a time.
+* ``endpoint``: ``python -m serving.server`` loads the pushed ScaNN export
+  (load time and the server's RSS), then ``python -m benchmarks.load`` (its
+  own process) sends single-query REST requests from 1, 8 and 32 clients.
+
+Run from the repository root: ``python benchmarks/scale.py`` (about an hour
+on 2 cores; the pipeline alone needs about 40 minutes and 10 GiB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
+
+import numpy as np  # noqa: E402
+import psutil  # noqa: E402
+
+from benchmarks.common import RESULTS, write_results  # noqa: E402
+
+STAGES = ("pipeline", "movielens", "trainer", "search", "endpoint")
+NAME = "ssl4rec"
+
+
+def _tree_rss(proc: psutil.Process) -> int:
+    total = 0
+    for p in [proc, *proc.children(recursive=True)]:
+        try:
+            total += p.memory_info().rss
+        except psutil.Error:
+            pass
+    return total
+
+
+def run_watched(cmd: list[str], log_path: str, env: dict[str, str]) -> dict[str, object]:
+    """Runs ``cmd``; returns its wall time, RSS samples and console line times.
+
+    Returns ``{"wall_s", "start", "rss": [(unix time, bytes)], "lines":
+    [unix time of each console line]}``; raises if the command fails.
+    """
+    samples: list[tuple[float, int]] = []
+    lines: list[float] = []
+    start = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=ROOT)
+        ps = psutil.Process(proc.pid)
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                samples.append((time.time(), _tree_rss(ps)))
+                time.sleep(0.5)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        for line in proc.stdout:
+            lines.append(time.time())
+            log.write(f"{time.strftime('%H:%M:%S')} {line}")
+            log.flush()
+        code = proc.wait()
+        stop.set()
+        thread.join()
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {code}; see {log_path}")
+    return {"wall_s": time.time() - start, "start": start, "rss": samples, "lines": lines}
+
+
+def longest_silence(start: float, end: float, lines: list[float]) -> float:
+    """The longest gap between two console lines (the start and end count as lines)."""
+    times = [start, *sorted(lines), end]
+    return max(b - a for a, b in zip(times, times[1:]))
+
+
+def step_windows(run_root: str, spec_path: str, config_kwargs: dict | None = None
+                 ) -> dict[str, tuple[float, float]]:
+    """(start, end) Unix seconds of each finished step of the run, from ML Metadata."""
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_pipeline
+    from pipeline.report import records
+    from transforms.spec import load_spec
+
+    store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
+    config = PipelineConfig(spec=load_spec(spec_path), run_root=run_root, **(config_kwargs or {}))
+    out = {}
+    for node in create_pipeline(config).components:
+        done = [e for e in records.executions(store, NAME, node.id)
+                if e.last_known_state in records.DONE_STATES]
+        if done:
+            out[node.id] = (done[-1].create_time_since_epoch / 1000,
+                            done[-1].last_update_time_since_epoch / 1000)
+    return out
+
+
+def step_figures(windows: dict[str, tuple[float, float]], rss: list[tuple[float, int]]
+                 ) -> dict[str, float]:
+    """``<Step>_wall_s`` and ``<Step>_peak_rss_mib``.
+
+    The peak is the largest sample in the step's window; a step shorter than
+    the sampling interval gets the last sample before it started.
+    """
+    out: dict[str, float] = {}
+    for node, (start, end) in windows.items():
+        inside = [b for t, b in rss if start <= t <= end]
+        before = [b for t, b in rss if t < start]
+        if not inside and before:
+            inside = before[-1:]
+        out[f"{node}_wall_s"] = round(end - start, 1)
+        out[f"{node}_peak_rss_mib"] = round(max(inside) / 2**20) if inside else 0
+    return out
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONHASHSEED="0")
+
+
+def dataset(work: str, items: int, pairs: int, eval_percent: int) -> str:
+    """Writes (once) the long-tail rich catalog and logs; returns its spec path."""
+    out = os.path.join(work, "data")
+    spec = os.path.join(out, "dataset.yaml")
+    if not os.path.exists(spec):
+        from pipeline.datasets import rich
+        written = rich.generate(rich.RichConfig(n_items=items, n_pairs=pairs, long_tail=True),
+                                out + ".partial")
+        _set_eval_percent(written, eval_percent)
+        os.replace(out + ".partial", out)
+    return spec
+
+
+def _set_eval_percent(spec_path: str, percent: int) -> None:
+    """The generated spec with its eval split at ``percent`` of the users."""
+    with open(spec_path) as f:
+        text = f.read()
+    text, n = re.subn(r"eval_percent: \d+", f"eval_percent: {percent}", text)
+    if n != 1:
+        raise ValueError(f"{spec_path}: expected one eval_percent to set")
+    with open(spec_path, "w") as f:
+        f.write(text)
+
+
+def stage_pipeline(args: argparse.Namespace) -> dict[str, object]:
+    spec = dataset(args.work, args.items, args.pairs, args.eval_percent)
+    run_root = os.path.join(args.work, "run")
+    shutil.rmtree(run_root, ignore_errors=True)
+    cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec, "--run-root", run_root]
+    if args.hparams:
+        cmd += ["--hparams", args.hparams]
+    watched = run_watched(cmd, os.path.join(args.work, "pipeline.log"), _env())
+    end = watched["start"] + watched["wall_s"]
+    windows = step_windows(run_root, spec)
+    values: dict[str, object] = {
+        "items": args.items, "pairs": args.pairs, "eval_percent": args.eval_percent,
+        "pipeline_wall_s": round(watched["wall_s"], 1),
+        "peak_rss_mib": round(max(b for _, b in watched["rss"]) / 2**20),
+        "steps": len(windows),
+        "console_max_silence_s": round(longest_silence(watched["start"], end,
+                                                       watched["lines"]), 1)}
+    values.update(step_figures(windows, watched["rss"]))
+    values.update(_evaluator_figures(run_root))
+    return values
+
+
+def _evaluator_figures(run_root: str) -> dict[str, object]:
+    """The run's Evaluator: overall Recall@50 and examples, and Recall@50 by item bucket."""
+    from benchmarks.common import latest_artifact
+    from components.evaluate import report
+    from pipeline import nodes
+    from transforms import features
+
+    metrics = report.metrics_by_slice(latest_artifact(run_root, nodes.EVALUATOR, "evaluation"))
+    out = {"evaluator_recall_at_50": round(metrics[report.OVERALL]["recall_at_50"], 4),
+           "evaluator_examples": int(metrics[report.OVERALL]["example_count"])}
+    for bucket in features.BUCKETS:
+        got = metrics.get(report.bucket_label(bucket))
+        if got:
+            out[f"evaluator_{bucket}_recall_at_50"] = round(got["recall_at_50"], 4)
+    return out
+
+
+def _trainer_dirs(run_root: str) -> dict[str, object]:
+    from benchmarks.common import latest_artifact
+    from components.correlation import report as correlation_report
+    from pipeline import nodes
+    from transforms import features
+
+    examples = latest_artifact(run_root, nodes.JOIN, "examples")
+    return {"transform": latest_artifact(run_root, nodes.TRANSFORM, "transform_graph"),
+            "train": features.split_dir(examples, features.TRAIN_SPLIT),
+            "catalog": features.split_dir(examples, features.CATALOG_SPLIT),
+            "correlation": correlation_report.read(
+                latest_artifact(run_root, nodes.CORRELATION, "correlation"))}
+
+
+def control_run(work: str) -> tuple[str, str]:
+    """(spec, run root) of the generator at 4,000 items: its data half, run once."""
+    out = os.path.join(work, "control")
+    spec, run_root = os.path.join(out, "data", "dataset.yaml"), os.path.join(out, "run")
+    if not os.path.exists(os.path.join(out, "done")):
+        from pipeline.datasets import rich
+        shutil.rmtree(out, ignore_errors=True)
+        rich.generate(rich.RichConfig(n_items=4000, n_pairs=400_000, long_tail=True),
+                      os.path.join(out, "data"))
+        run_watched([sys.executable, "-m", "pipeline", "run", "--dataset", spec, "--run-root",
+                     run_root, "--data-only"], os.path.join(out, "run.log"), _env())
+        open(os.path.join(out, "done"), "w").close()
+    return spec, run_root
+
+
+def stage_trainer(args: argparse.Namespace) -> dict[str, object]:
+    from benchmarks.train_throughput import _Variant
+    from components.trainer import hparams as hparams_lib
+    from transforms.spec import load_spec
+
+    variant = hparams_lib.DEFAULT_VARIANT
+    cases = {"movielens": (os.path.join(ROOT, "data/movielens-1m/dataset.yaml"),
+                           os.path.join(args.work, "movielens")),
+             "small_catalog": control_run(args.work),
+             "scale": (os.path.join(args.work, "data", "dataset.yaml"),
+                       os.path.join(args.work, "run"))}
+    options = argparse.Namespace(steps=100, batch=hparams_lib.HParams().batch_size)
+    runs = {}
+    for name, (spec, run_root) in cases.items():
+        dirs = _trainer_dirs(run_root)
+        runs[name] = _Variant(variant, options, load_spec(spec), dirs, dirs["correlation"])
+    for _ in range(args.rounds):
+        for run in runs.values():
+            run.time(options.steps)
+    step = {name: np.array(run.seconds_per_step) for name, run in runs.items()}
+    values: dict[str, object] = {"trainer_variant": variant, "trainer_rounds": args.rounds,
+                                 "trainer_steps_per_round": options.steps}
+    for name in cases:
+        values[f"trainer_{name}_examples_per_s"] = round(float(
+            options.batch / np.median(step[name])))
+    for base in ("movielens", "small_catalog"):
+        values[f"trainer_examples_per_s_ratio_vs_{base}"] = round(float(
+            np.median(step[base] / step["scale"])), 3)
+    return values
+
+
+def _timed(fn, queries: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
+    """(queries/s, answers) of ``fn`` over ``queries`` in batches of ``batch``."""
+    fn(queries[:batch])                                   # warm-up (tracing, caches)
+    out, start = [], time.perf_counter()
+    for i in range(0, len(queries), batch):
+        out.append(fn(queries[i:i + batch]))
+    return len(queries) / (time.perf_counter() - start), np.concatenate(out)
+
+
+def stage_search(args: argparse.Namespace) -> dict[str, object]:
+    """ScaNN against brute force on the run's item embeddings and real eval queries.
+
+    The search alone (query embeddings in, top 10 out): the index is built
+    with the IndexBuilder's settings from the embeddings it wrote; brute
+    force is TensorFlow's matmul and top_k over every item. Then the two
+    exported SavedModels end to end (serialized query in, ids out), one
+    query at a time, as the endpoint calls them.
+    """
+    import scann  # noqa: F401  (registers ScaNN's ops before loading)
+    import tensorflow as tf
+
+    from benchmarks.common import latest_artifact
+    from components import tfrecords
+    from components.index import executor as index_executor
+    from components.index import search
+    from pipeline import nodes
+    from serving import signatures as sig
+    from transforms import features
+
+    run_root = os.path.join(args.work, "run")
+    examples = latest_artifact(run_root, nodes.JOIN, "examples")
+    queries = [r.numpy() for r in tfrecords.split_dataset(
+        features.split_dir(examples, features.EVAL_SPLIT)).take(args.queries)]
+    scann_dir = latest_artifact(run_root, nodes.INDEX, index_executor.SCANN_MODEL_KEY)
+    _, items = index_executor.read_embeddings(os.path.join(scann_dir,
+                                                           index_executor.EMBEDDINGS_DIR))
+    query_model = tf.saved_model.load(os.path.join(
+        latest_artifact(run_root, nodes.trainer("", first=True), "model"),
+        index_executor.SERVING_DIR))
+    embedded = search.normalize(query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
+        examples=tf.constant(queries))[sig.EMBEDDING].numpy())
+    start = time.perf_counter()
+    searcher = search.build_scann(items, search.IndexConfig())
+    build_s = time.perf_counter() - start
+    matrix = tf.constant(search.normalize(items))
+
+    @tf.function(input_signature=[tf.TensorSpec([None, items.shape[1]], tf.float32)])
+    def brute(q: tf.Tensor) -> tf.Tensor:
+        return tf.math.top_k(tf.matmul(q, matrix, transpose_b=True), k=10).values
+
+    values: dict[str, object] = {"search_queries": len(queries),
+                                 "scann_build_s": round(build_s, 1)}
+    for batch in (1, 100):
+        brute_qps, exact = _timed(lambda q: brute(tf.constant(q)).numpy(), embedded, batch)
+        scann_qps, found = _timed(
+            lambda q: searcher.search_batched(q, final_num_neighbors=10)[1].numpy(),
+            embedded, batch)
+        suffix = "" if batch == 1 else f"_batch_{batch}"
+        values.update({
+            f"scann_recall_at_10{suffix}": round(search.score_recall(found, exact), 4),
+            f"scann_qps{suffix}": round(scann_qps, 1),
+            f"bruteforce_qps{suffix}": round(brute_qps, 1),
+            f"scann_qps_ratio_vs_bruteforce{suffix}": round(scann_qps / brute_qps, 1)})
+    for key, name in ((index_executor.SCANN_MODEL_KEY, "scann"),
+                      (index_executor.BRUTE_FORCE_MODEL_KEY, "bruteforce")):
+        path = os.path.join(latest_artifact(run_root, nodes.INDEX, key),
+                            index_executor.SERVING_DIR)
+        fn = tf.saved_model.load(path).signatures[sig.RETRIEVE_EXAMPLES]
+        qps, _ = _timed(lambda q, fn=fn: fn(examples=tf.constant(q))[sig.SCORES].numpy(),
+                        np.array(queries, dtype=object), 1)
+        values[f"served_{name}_model_qps"] = round(qps, 1)
+    return values
+
+
+def stage_endpoint(args: argparse.Namespace) -> dict[str, object]:
+    from benchmarks import serving as serving_bench
+
+    run_root = os.path.join(args.work, "run")
+    base = os.path.join(run_root, "serving", serving_bench.EXPORTS["scann"])
+    bodies = serving_bench._bodies(os.path.join(args.work, "data", "dataset.yaml"), 200)
+    bodies_file = os.path.join(args.work, "bodies.jsonl")
+    with open(bodies_file, "wb") as f:
+        f.write(b"\n".join(bodies) + b"\n")
+    log_path = os.path.join(args.work, "endpoint.log")
+    cmd = [sys.executable, "-m", "serving.server", "--rest-port", "0", "--grpc-port", "0",
+           "--log-dir", os.path.join(args.work, "endpoint-logs"),
+           "--model", f"{serving_bench.EXPORTS['scann']}={base}"]
+    start = time.perf_counter()
+    with open(log_path, "w") as err:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=err, text=True, cwd=ROOT,
+                                env=_env())
+    try:
+        line = proc.stdout.readline()
+        ready_s = time.perf_counter() - start
+        if "REST http://" not in line:
+            raise RuntimeError(f"server did not start: {line!r}; see {log_path}")
+        url = line.split("REST ")[1].split()[0]
+        rss = psutil.Process(proc.pid).memory_info().rss
+        values: dict[str, object] = {
+            "endpoint_start_to_ready_s": round(ready_s, 1),
+            "endpoint_rss_mib": round(rss / 2**20),
+            "endpoint_model_call_p50_ms": serving_bench.model_call_ms(
+                serving_bench._latest(base), bodies)}
+        for clients in serving_bench.CLIENTS:
+            got = serving_bench.load(f"{url}/v1/models/{serving_bench.EXPORTS['scann']}:predict",
+                                     bodies_file, clients, args.seconds, warmup=2.0)
+            key = f"endpoint_clients_{clients}"
+            values.update({f"{key}_p50_ms": got["p50_ms"], f"{key}_p99_ms": got["p99_ms"],
+                           f"{key}_requests_per_s": got["requests_per_s"],
+                           f"{key}_errors": got["errors"]})
+    finally:
+        proc.terminate()
+        proc.wait(timeout=60)
+    with open(log_path) as f:
+        loaded = re.search(r"loaded \S+ version \d+ in ([0-9.]+) s", f.read())
+    values["endpoint_load_s"] = float(loaded.group(1)) if loaded else None
+    return values
+
+
+def stage_movielens(args: argparse.Namespace) -> dict[str, object]:
+    spec = os.path.join(ROOT, "data/movielens-1m/dataset.yaml")
+    run_root = os.path.join(args.work, "movielens")
+    shutil.rmtree(run_root, ignore_errors=True)
+    watched = run_watched([sys.executable, "-m", "pipeline", "run", "--dataset", spec,
+                           "--run-root", run_root, "--eval-slice", "genres"],
+                          os.path.join(args.work, "movielens.log"), _env())
+    windows = step_windows(run_root, spec)
+    values: dict[str, object] = {
+        "movielens_pipeline_steps_s": round(sum(end - start for start, end in windows.values()),
+                                            1),
+        "movielens_pipeline_wall_s": round(watched["wall_s"], 1)}
+    values.update({f"movielens_{k}": v for k, v in step_figures(windows, watched["rss"]).items()
+                   if k.endswith("_wall_s")})
+    return values
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--items", type=int, default=1_000_000)
+    parser.add_argument("--pairs", type=int, default=2_000_000)
+    parser.add_argument("--eval-percent", type=int, default=2,
+                        help="users held out for evaluation (the generator's default is 10)")
+    parser.add_argument("--work", default=os.path.join(ROOT, "runs", "scale"))
+    parser.add_argument("--stages", default=",".join(STAGES))
+    parser.add_argument("--results", default=RESULTS, help="where scale.{json,md} go")
+    parser.add_argument("--hparams", default="",
+                        help="the pipeline stage's --hparams (default: the product's)")
+    parser.add_argument("--rounds", type=int, default=7, help="trainer stage's timed rounds")
+    parser.add_argument("--queries", type=int, default=1000, help="search stage's queries")
+    parser.add_argument("--seconds", type=float, default=20.0,
+                        help="endpoint stage's seconds per client count")
+    args = parser.parse_args()
+    os.makedirs(args.work, exist_ok=True)
+    values: dict[str, object] = {}
+    for stage in STAGES:
+        path = os.path.join(args.work, f"{stage}.json")
+        if stage in args.stages.split(","):
+            got = globals()[f"stage_{stage}"](args)
+            with open(path, "w") as f:
+                json.dump(got, f, indent=2, sort_keys=True)
+        if os.path.exists(path):
+            with open(path) as f:
+                values.update(json.load(f))
+    write_results("scale", values, _markdown, args.results)
+
+
+#: (key, goal, "<=" or ">=") of the issue's targets on an idle 2-core machine.
+TARGETS = (("pipeline_wall_s", 2700, "<="), ("peak_rss_mib", 16384, "<="),
+           ("trainer_examples_per_s_ratio_vs_movielens", 0.8, ">="),
+           ("scann_recall_at_10", 0.95, ">="), ("scann_qps_ratio_vs_bruteforce", 25, ">="),
+           ("endpoint_clients_8_p99_ms", 20, "<="), ("console_max_silence_s", 30, "<="),
+           ("movielens_pipeline_steps_s", 150, "<="))
+
+
+def _met(value: object, goal: float, sense: str) -> str:
+    if not isinstance(value, (int, float)):
+        return "not measured"
+    return "met" if (value <= goal if sense == "<=" else value >= goal) else "**missed**"
+
+
+def _markdown(values: dict[str, object]) -> str:
+    get = values.get
+    lines = ["# The whole pipeline at a million items", "",
+             f"Command: `{get('command')}`; machine: {get('machine_cpus')} CPUs, "
+             f"{get('machine_memory_gib')} GiB, {get('machine_platform')}. Data: "
+             f"`synthetic --rich --long-tail`, {get('items')} items, {get('pairs')} log "
+             f"pairs, {get('eval_percent')}% of the users held out for evaluation. One fresh "
+             "run of `python -m pipeline run` with the product's defaults; step times from "
+             "ML Metadata; memory is the summed RSS of the pipeline process and its Beam "
+             "workers, sampled every 0.5 s.", "",
+             "| target | value | goal | |", "|---|---|---|---|"]
+    for key, goal, sense in TARGETS:
+        lines.append(f"| `{key}` | {get(key, '')} | {sense} {goal} | "
+                     f"{_met(get(key), goal, sense)} |")
+    lines += ["", "| step | wall (s) | peak RSS (MiB) |", "|---|---|---|"]
+    for key in sorted(k for k in values if k.endswith("_wall_s") and f"{k[:-7]}_peak_rss_mib"
+                      in values and not k.startswith("movielens_")):
+        step = key[:-7]
+        lines.append(f"| {step} | {values[key]} | {values[f'{step}_peak_rss_mib']} |")
+    rest = {k: v for k, v in values.items()
+            if k.startswith(("trainer_", "scann_", "bruteforce_", "search_", "endpoint_",
+                             "evaluator_", "movielens_"))}
+    lines += ["", "| other figures | value |", "|---|---|"]
+    lines += [f"| `{k}` | {v} |" for k, v in sorted(rest.items())]
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    main()
