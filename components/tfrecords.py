@@ -71,6 +71,57 @@ def dict_to_example(row: dict[str, Any]) -> bytes:
     return example.SerializeToString()
 
 
+def _varint(buf: bytes, pos: int) -> tuple[int, int]:
+    """(value, position after it) of the protobuf varint at ``pos``."""
+    value = shift = 0
+    while True:
+        byte = buf[pos]
+        pos += 1
+        value |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _field(payload: bytes) -> bytes:
+    """Field 1, length-delimited: its tag, length and ``payload`` (wire format)."""
+    n, head = len(payload), bytearray(b"\x0a")
+    while n >= 0x80:
+        head.append((n & 0x7F) | 0x80)
+        n >>= 7
+    head.append(n)
+    return bytes(head) + payload
+
+
+def renamed_features(serialized: bytes, keys: dict[bytes, bytes]) -> bytes:
+    """A serialized Example with feature ``old`` renamed ``keys[old]``; others dropped.
+
+    Works on the wire format: each feature's value bytes are copied, not
+    parsed (about 6x faster than parsing and serializing again, which the
+    join does once per log row). ``Example`` is field 1 ``Features``, whose
+    map entries are field 1, each a key (field 1) then a value (field 2), as
+    protobuf serializes them.
+    """
+    if not serialized:
+        return serialized
+    if serialized[0] != 0x0A:
+        raise ValueError("not a serialized tf.train.Example with features")
+    size, pos = _varint(serialized, 1)
+    end, entries = pos + size, []
+    while pos < end:
+        length, pos = _varint(serialized, pos + 1)           # one map entry
+        entry_end = pos + length
+        if serialized[pos] != 0x0A:
+            raise ValueError("feature map entry without its key first")
+        key_length, key_start = _varint(serialized, pos + 1)
+        new = keys.get(serialized[key_start:key_start + key_length])
+        if new is not None:
+            value = serialized[key_start + key_length:entry_end]
+            entries.append(_field(_field(new) + value))
+        pos = entry_end
+    return _field(b"".join(entries))
+
+
 def read_file(path: str) -> Iterator[bytes]:
     """The records of one TFRecord file (``.gz``: GZIP-compressed)."""
     options = tf.io.TFRecordOptions(compression_type="GZIP" if path.endswith(".gz") else "")

@@ -105,3 +105,20 @@ def test_held_out_items_leave_training_and_are_counted(tiny_root):
     # Without the option nothing moves.
     plain = tiny_spec(tiny_root)
     assert all(beam_join.hold_out(sr, plain) == sr for sr in logs)
+
+
+def test_renamed_features_equals_a_parse_and_rename():
+    """The wire-format rename gives the Example a parse, rename and serialize gives."""
+    from components import tfrecords
+
+    row = {"item_a": [b"x" * 300, b""], "item_b": [3, 2 ** 40], "item_c": [0.5],
+           "item_empty": [], "item_dropped": [b"y"], "other": [b"z" * 20000]}
+    keys = {b"item_a": b"query_a", b"item_b": b"query_b", b"item_c": b"query_c",
+            b"item_empty": b"query_empty"}
+    got = tfrecords.example_to_dict(tfrecords.renamed_features(
+        tfrecords.dict_to_example(row), keys))
+    assert got == {"query_a": [b"x" * 300, b""], "query_b": [3, 2 ** 40], "query_c": [0.5],
+                   "query_empty": []}
+    assert tfrecords.renamed_features(b"", keys) == b""
+    with pytest.raises(ValueError, match="not a serialized"):
+        tfrecords.renamed_features(b"\x12\x00", keys)

@@ -179,13 +179,15 @@ def known_train_item(split_row: tuple[str, Row], catalog: dict[bytes, Any],
 def query_part(item_part: bytes, spec: DatasetSpec) -> bytes:
     """The ``query_*`` part of an item, from its serialized ``item_*`` part.
 
-    Equal to :func:`catalog_parts`' second part: the same values under the
-    query keys, serialized the same way.
+    The features of :func:`catalog_parts`' second part with the same values:
+    the query features' entries, renamed on the wire format.
     """
-    item = tfrecords.example_to_dict(item_part)
-    return tfrecords.dict_to_example({
-        features.query_key(n): item.get(features.item_key(n), [])
-        for n in spec.query_item_features})
+    return tfrecords.renamed_features(item_part, _query_keys(spec.query_item_features))
+
+
+@functools.lru_cache(maxsize=16)
+def _query_keys(names: tuple[str, ...]) -> dict[bytes, bytes]:
+    return {features.item_key(n).encode(): features.query_key(n).encode() for n in names}
 
 
 class _JoinRows(beam.DoFn):
