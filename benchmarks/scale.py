@@ -180,6 +180,7 @@ def stage_pipeline(args: argparse.Namespace) -> dict[str, object]:
     cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec, "--run-root", run_root]
     if args.hparams:
         cmd += ["--hparams", args.hparams]
+    cmd += args.pipeline_arg
     watched = run_watched(cmd, os.path.join(args.work, "pipeline.log"), _env())
     end = watched["start"] + watched["wall_s"]
     windows = step_windows(run_root, spec)
@@ -419,6 +420,8 @@ def main() -> None:
     parser.add_argument("--results", default=RESULTS, help="where scale.{json,md} go")
     parser.add_argument("--hparams", default="",
                         help="the pipeline stage's --hparams (default: the product's)")
+    parser.add_argument("--pipeline-arg", action="append", default=[], metavar="FLAG",
+                        help="a flag added to the pipeline stage's command (repeatable)")
     parser.add_argument("--rounds", type=int, default=7, help="trainer stage's timed rounds")
     parser.add_argument("--queries", type=int, default=1000, help="search stage's queries")
     parser.add_argument("--seconds", type=float, default=20.0,

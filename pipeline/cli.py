@@ -63,6 +63,10 @@ def _parser() -> argparse.ArgumentParser:
     run.add_argument("--correlation-measure", choices=MEASURES, default=CorrelationSettings.measure,
                      help="dependence measure forming the CFM groups: adjusted MI "
                           "(chance-corrected, default) or plug-in NMI")
+    run.add_argument("--correlation-sample-items", type=int,
+                     default=CorrelationSettings.sample_items, metavar="N",
+                     help="FeatureCorrelation measures a larger catalog on a fixed hash "
+                          "sample of about N items; 0: every item (default: %(default)s)")
     run.add_argument("--verbose", action="store_true",
                      help="stream the full log (TensorFlow, Beam, absl) to the console too")
     ml = sub.add_parser("movielens", help="fetch MovieLens-1M and write it as a dataset")
@@ -124,7 +128,8 @@ def _configs(args: argparse.Namespace, spec: DatasetSpec, run_root: str,
             beam_pipeline_args=beam_args,
             enable_cache=not args.no_cache, span=span, hparams=hparams,
             eval_settings=_eval_settings(args),
-            correlation=CorrelationSettings(measure=args.correlation_measure),
+            correlation=CorrelationSettings(measure=args.correlation_measure,
+                                            sample_items=args.correlation_sample_items),
             train_variants=() if args.data_only else variants))
     return configs
 

@@ -260,6 +260,22 @@ def test_settings_are_validated_once_naming_the_setting():
     assert CorrelationSettings().measure == "ami"
     for kwargs, message in (({"weighting": "clicks"}, "weighting must be one of"),
                             ({"max_values": 1}, "max_values must be >= 2"),
-                            ({"measure": "pearson"}, "measure must be one of")):
+                            ({"measure": "pearson"}, "measure must be one of"),
+                            ({"sample_items": -1}, "sample_items must be >= 0")):
         with pytest.raises(ValueError, match=f"correlation {message}"):
             CorrelationSettings(**kwargs)
+
+
+def test_item_sample_is_uniform_deterministic_and_off_for_small_catalogs():
+    from components.correlation import executor
+
+    assert executor.sample_fraction(200_000, 150_000) == 1.0
+    assert executor.sample_fraction(0, 5_000_000) == 1.0
+    assert executor.sample_fraction(200_000, 1_000_000) == 0.2
+    ids = [b"item-%d" % i for i in range(20_000)]
+    kept = [i for i in ids if executor.in_sample(i, 0.2)]
+    # Binomial(20000, 0.2): mean 4000, sd about 57.
+    assert abs(len(kept) - 4000) < 5 * 57
+    assert kept == [i for i in ids if executor.in_sample(i, 0.2)]       # the same every run
+    assert set(i for i in ids if executor.in_sample(i, 0.1)) <= set(kept)  # nested samples
+    assert all(executor.in_sample(i, 1.0) for i in ids[:10])

@@ -49,7 +49,9 @@ def test_the_scale_benchmark_runs_every_step_on_a_small_catalog(tmp_path):
     work = tmp_path / "scale"
     cmd = [sys.executable, os.path.join(ROOT, "benchmarks", "scale.py"), "--items", "1500",
            "--pairs", "15000", "--eval-percent", "10", "--stages", "pipeline",
-           "--work", str(work), "--hparams", json.dumps(HPARAMS), "--results", str(tmp_path)]
+           "--work", str(work), "--hparams", json.dumps(HPARAMS), "--results", str(tmp_path),
+           # The million-item path of FeatureCorrelation: a hash sample of the catalog.
+           "--pipeline-arg=--correlation-sample-items=1000"]
     env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONHASHSEED="0")
     done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-5000:] + done.stdout[-2000:]
@@ -70,3 +72,6 @@ def test_the_scale_benchmark_runs_every_step_on_a_small_catalog(tmp_path):
     assert values["evaluator_recall_at_50"] == pytest.approx(recall_at_k(ranks, 50),
                                                              abs=1.5 / len(ranks) + 1e-4)
     assert NAME == scale.NAME
+    store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
+    correlation = records.latest(store, NAME, "FeatureCorrelation")
+    assert correlation.properties["correlation"]["sample_fraction"] == pytest.approx(1000 / 1500)

@@ -33,6 +33,7 @@ class FeatureCorrelationSpec(types.ComponentSpec):
         executor.WEIGHTING_KEY: ExecutionParameter(type=str),
         executor.MAX_VALUES_KEY: ExecutionParameter(type=int),
         executor.MEASURE_KEY: ExecutionParameter(type=str),
+        executor.SAMPLE_ITEMS_KEY: ExecutionParameter(type=int),
     }
     INPUTS = {executor.EXAMPLES_KEY: ChannelParameter(type=standard_artifacts.Examples)}
     OUTPUTS = {executor.CORRELATION_KEY: ChannelParameter(type=FeatureCorrelations)}
@@ -47,7 +48,7 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
     Args:
       spec: the dataset spec (which features, which is the id).
       examples: the joined Examples (its ``catalog`` split is read).
-      settings: weighting, hashing limit and grouping measure.
+      settings: weighting, hashing limit, grouping measure and item sample.
     """
 
     SPEC_CLASS = FeatureCorrelationSpec
@@ -60,6 +61,6 @@ class FeatureCorrelation(base_beam_component.BaseBeamComponent):
         super().__init__(spec=FeatureCorrelationSpec(
             **{SPEC_PARAMETER: spec_to_json(spec)},
             weighting=settings.weighting, max_values=settings.max_values,
-            measure=settings.measure,
+            measure=settings.measure, sample_items=settings.sample_items,
             examples=examples,
             correlation=channel.Channel(type=FeatureCorrelations)))

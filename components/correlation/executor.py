@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -22,6 +23,9 @@ CORRELATION_KEY = "correlation"
 WEIGHTING_KEY = "weighting"
 MAX_VALUES_KEY = "max_values"
 MEASURE_KEY = "measure"
+SAMPLE_ITEMS_KEY = "sample_items"
+#: Custom property of the artefact: the share of the catalog its statistics are over.
+SAMPLE_FRACTION_PROPERTY = "sample_fraction"
 
 
 class MissingFeatureError(ValueError):
@@ -35,6 +39,24 @@ def catalog_item(row: dict[str, list[Any]], names: list[str], weighting: str
     if weighting == "items":
         return item, 1.0
     return item, float(row[features.ITEM_TRAIN_COUNT][0])
+
+
+def sample_fraction(sample_items: int, catalog_items: int) -> float:
+    """Share of the catalog to measure: 1 unless a sample of ``sample_items`` is asked for."""
+    if sample_items <= 0 or catalog_items <= sample_items:
+        return 1.0
+    return sample_items / catalog_items
+
+
+def in_sample(item_id: bytes, fraction: float) -> bool:
+    """Whether an item is in the sample: a hash of its id, uniform in [0, 1), below ``fraction``.
+
+    The same items on every run and runner (no seed, no process state).
+    """
+    if fraction >= 1.0:
+        return True
+    digest = hashlib.blake2b(item_id, digest_size=8, person=b"ssl4rec-mi").digest()
+    return int.from_bytes(digest, "big") < fraction * 2.0 ** 64
 
 
 def check_features_present(uri: str, names: list[str]) -> None:
@@ -71,10 +93,18 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         catalog_uri = artifact_utils.get_split_uri([examples], features.CATALOG_SPLIT)
         check_features_present(catalog_uri, [spec.item_id, *names])
         out = artifact_utils.get_single_instance(output_dict[CORRELATION_KEY])
+        catalog_items = examples.get_int_custom_property(features.CATALOG_SPLIT)
+        fraction = sample_fraction(int(exec_properties.get(SAMPLE_ITEMS_KEY) or 0),
+                                   catalog_items)
+        id_key = spec.item_id
         with self._make_beam_pipeline() as pipeline:
-            stats = (pipeline
-                     | "Read" >> tfrecords.ReadRecords(tfrecords.split_files(catalog_uri))
-                     | "Parse" >> beam.Map(tfrecords.example_to_dict)
+            rows = (pipeline
+                    | "Read" >> tfrecords.ReadRecords(tfrecords.split_files(catalog_uri))
+                    | "Parse" >> beam.Map(tfrecords.example_to_dict))
+            if fraction < 1.0:
+                rows = rows | "Sample" >> beam.Filter(
+                    lambda row: in_sample(row[id_key][0], fraction))
+            stats = (rows
                      | "Item" >> beam.Map(catalog_item, names, weighting)
                      | "Sums" >> beam_mi.CorrelationSums(names, max_values))
             _ = (stats
@@ -87,7 +117,12 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         tf.io.gfile.remove(os.path.join(out.uri, "sums.json"))
         doc = report.assemble(result, spec.item_id, names, n_masked, weighting,
                               exec_properties[MEASURE_KEY])
+        doc["sample"] = {"catalog_items": catalog_items, "fraction": fraction}
         report.write(doc, out.uri)
+        out.set_float_custom_property(SAMPLE_FRACTION_PROPERTY, fraction)
+        if fraction < 1.0:
+            logging.info("FeatureCorrelation measured a hash sample of %.4f of %d catalog "
+                         "items", fraction, catalog_items)
         for line in report.describe_groups(doc):
             logging.info("CFM %s", line)
         out.set_string_custom_property("groups", "\n".join(report.describe_groups(doc)))
