@@ -96,7 +96,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         catalog_items = examples.get_int_custom_property(features.CATALOG_SPLIT)
         fraction = sample_fraction(int(exec_properties.get(SAMPLE_ITEMS_KEY) or 0),
                                    catalog_items)
-        id_key = spec.item_id
+        id_key = features.item_key(spec.item_id)
         with self._make_beam_pipeline() as pipeline:
             rows = (pipeline
                     | "Read" >> tfrecords.ReadRecords(tfrecords.split_files(catalog_uri))
