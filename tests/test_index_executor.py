@@ -111,3 +111,27 @@ def test_no_eval_queries_is_unmeasured_not_perfect(tmp_path, trained):
     assert not scann_model.has_custom_property("recall_at_50")
     assert os.path.exists(os.path.join(scann_model.uri, index_executor.SERVING_DIR,
                                        "saved_model.pb"))
+
+
+def test_automatic_leaves_double_until_the_recall_floor_is_met():
+    """Evenly spread embeddings: 10% of the leaves misses the floor; the fewest doublings meet it.
+
+    The recall of each setting is recomputed here against NumPy's brute force.
+    """
+    rng = np.random.default_rng(0)
+    items = search.normalize(rng.normal(size=(20_000, 32)).astype(np.float32))
+    queries = search.normalize(rng.normal(size=(200, 32)).astype(np.float32))
+    config = search.IndexConfig(k=50, num_leaves=200, reorder=400, min_recall=0.9)
+    total, start = config.leaves(len(items))
+    searcher = search.build_scann(items, config)
+    exact, _ = search.brute_force(queries, items, 50)
+
+    def recall(leaves):
+        _, scores = searcher.search_batched(queries, final_num_neighbors=50,
+                                            leaves_to_search=leaves)
+        return search.score_recall(np.asarray(scores), exact)
+
+    leaves, got = search.tune_leaves(searcher, queries, exact, start, total, 0.9)
+    assert recall(start) < 0.9 and start < leaves <= total
+    assert got == pytest.approx(recall(leaves)) and got >= 0.9
+    assert leaves == total or recall(leaves // 2) < 0.9         # the fewest doublings

@@ -32,6 +32,8 @@ EMBEDDING_FEATURE = "embedding"       # of the item-embedding records in EMBEDDI
 #: Custom property of the ScaNN model: how many eval queries measured its recall
 #: (0: unmeasured, and then no ``recall_at_<k>`` property is written).
 RECALL_QUERIES_PROPERTY = "recall_queries"
+#: Custom property of the ScaNN model: leaves its export searches per query.
+LEAVES_PROPERTY = "leaves_to_search"
 
 
 class RecallTooLowError(ValueError):
@@ -60,7 +62,8 @@ def check_recall(measured: float | None, config: search.IndexConfig, n_queries: 
         raise RecallTooLowError(
             f"ScaNN recall@{config.k} against brute force is {measured:.4f} < "
             f"min_recall {config.min_recall} on {n_queries} eval queries; raise "
-            "index_config.leaves_to_search or reorder (or lower min_recall).")
+            "index_config.leaves_to_search (0 searches more leaves until the floor is met) "
+            "or reorder (or lower min_recall).")
 
 
 class EmbedItems(beam.DoFn):
@@ -123,18 +126,21 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         queries = _query_sample(artifact_utils.get_split_uri(examples, features.EVAL_SPLIT),
                                 config.recall_queries)
         searcher = search.build_scann(items, config)
-        measured = measure_recall(query_model, searcher, items, queries, config.k)
-        logging.info("ScaNN recall@%d vs brute force on %d queries: %s", config.k,
-                     len(queries), "unmeasured" if measured is None else f"{measured:.4f}")
+        measured, leaves = measure_recall(query_model, searcher, items, queries, config)
+        logging.info("ScaNN recall@%d vs brute force on %d queries: %s (%d of %d leaves "
+                     "searched)", config.k, len(queries),
+                     "unmeasured" if measured is None else f"{measured:.4f}", leaves,
+                     config.leaves(len(items))[0])
         if measured is not None:
             scann_out.set_float_custom_property(f"recall_at_{config.k}", measured)
         scann_out.set_int_custom_property(RECALL_QUERIES_PROPERTY, len(queries))
         scann_out.set_int_custom_property("items", len(ids))
+        scann_out.set_int_custom_property(LEAVES_PROPERTY, leaves)
         check_recall(measured, config, len(queries))
         exclude = (features.query_key(spec.item_id)
                    if spec.item_id in spec.query_item_features else None)
         export.save(export.RetrievalModule(query_model, ids, items, config.k, searcher,
-                                           exclude_key=exclude),
+                                           exclude_key=exclude, leaves_to_search=leaves),
                     os.path.join(scann_out.uri, SERVING_DIR))
         brute = artifact_utils.get_single_instance(output_dict[BRUTE_FORCE_MODEL_KEY])
         export.save(export.RetrievalModule(query_model, ids, items, config.k,
@@ -143,17 +149,22 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
 
 def measure_recall(query_model: Any, searcher: Any, items: np.ndarray, queries: list[bytes],
-                   k: int) -> float | None:
+                   config: search.IndexConfig) -> tuple[float | None, int]:
     """ScaNN's recall@k against brute force, by scores, on real eval queries.
 
-    None without queries: nothing was measured.
+    Returns ``(recall, leaves searched)`` (-1 for an index without leaves:
+    a catalog too small for a tree). With automatic ``leaves_to_search``
+    the leaves are doubled until ``config.min_recall`` is met
+    (:func:`search.tune_leaves`). The recall is None without queries:
+    nothing was measured.
     """
+    total, start = config.leaves(len(items)) if config.partitioned(len(items)) else (1, 1)
     if not queries:
-        return None
+        return None, start if total > 1 else -1
     fn = query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES]
     embedded = fn(examples=tf.constant(queries))[sig.EMBEDDING].numpy()
-    k = min(k, len(items))
-    _, approx_scores = searcher.search_batched(search.normalize(embedded),
-                                               final_num_neighbors=k)
-    exact_scores, _ = search.brute_force(embedded, items, k)
-    return search.score_recall(np.asarray(approx_scores), exact_scores)
+    exact_scores, _ = search.brute_force(embedded, items, min(config.k, len(items)))
+    floor = config.min_recall if config.leaves_to_search == 0 else 0.0
+    leaves, recall = search.tune_leaves(searcher, search.normalize(embedded), exact_scores,
+                                        start, total, floor)
+    return recall, leaves if total > 1 else -1

@@ -54,8 +54,10 @@ class RetrievalModule(tf.Module):
     """Query tower + index; see the module docstring."""
 
     def __init__(self, query_model: Any, item_ids: np.ndarray, items: np.ndarray, k: int,
-                 searcher: Optional[Any] = None, exclude_key: Optional[str] = None) -> None:
+                 searcher: Optional[Any] = None, exclude_key: Optional[str] = None,
+                 leaves_to_search: int = -1) -> None:
         super().__init__()
+        self.leaves_to_search = int(leaves_to_search)     # -1: the searcher's own setting
         self.exclude_key = exclude_key
         self.query_model = query_model
         self.item_ids = tf.Variable(item_ids.astype(object).astype(bytes), trainable=False,
@@ -90,7 +92,8 @@ class RetrievalModule(tf.Module):
         from scann.scann_ops.py import scann_ops
 
         handle = self.scann.recreate_handle()
-        indices, scores = scann_ops.scann_search_batched(handle, query, k, -1, -1, False)
+        indices, scores = scann_ops.scann_search_batched(handle, query, k, -1,
+                                                         self.leaves_to_search, False)
         return scores, indices
 
     def _top_k(self, embedding: tf.Tensor, own: Optional[tf.Tensor] = None

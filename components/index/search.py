@@ -19,9 +19,11 @@ class IndexConfig:
     Attributes:
       k: neighbours returned per query.
       num_leaves: tree partitions (0: ``sqrt(N)``, ScaNN's rule of thumb).
-      leaves_to_search: partitions searched per query (0: 10% of the leaves,
-        at least 10, and enough leaves to hold about ``20 * k`` items, which
-        matters for small catalogs).
+      leaves_to_search: partitions searched per query (0: automatic: 10% of
+        the leaves, at least 10, and enough leaves to hold about ``20 * k``
+        items, which matters for small catalogs; then doubled, up to every
+        leaf, until the recall floor is met on the measured queries, see
+        :func:`tune_leaves`; a number given here is kept as it is).
       dimensions_per_block: asymmetric-hashing block size (2 is ScaNN's default
         for high recall).
       anisotropic_threshold: anisotropic quantization threshold for dot product.
@@ -40,6 +42,11 @@ class IndexConfig:
     training_sample_size: int = 100_000
     min_recall: float = 0.9
     recall_queries: int = 1000
+
+    def partitioned(self, n_items: int) -> bool:
+        """Whether the index is a tree of leaves (not for fewer than two items a leaf)."""
+        leaves = self.leaves(n_items)[0]
+        return n_items >= 2 * leaves and leaves > 1
 
     def leaves(self, n_items: int) -> tuple[int, int]:
         """(num_leaves, leaves_to_search) for a catalog of ``n_items``."""
@@ -91,6 +98,26 @@ def score_recall(approx_scores: np.ndarray, exact_scores: np.ndarray, tol: float
     return float(np.mean(hits)) if hits else 0.0
 
 
+def tune_leaves(searcher, queries: np.ndarray, exact_scores: np.ndarray, start: int,
+                total: int, floor: float) -> tuple[int, float]:
+    """The fewest leaves, ``start`` doubled, whose recall reaches ``floor``; and that recall.
+
+    ``queries`` are normalized; ``exact_scores`` [Q, k] their brute-force top
+    k. Returns every leaf (``total``) and its recall when no fewer reach it.
+    Embeddings spread evenly over the sphere (e.g. a catalog of mostly
+    rarely-seen items after a short training) need more leaves for the same
+    recall than clustered ones.
+    """
+    leaves = max(1, min(start, total))
+    while True:
+        _, scores = searcher.search_batched(queries, final_num_neighbors=exact_scores.shape[1],
+                                            leaves_to_search=leaves if total > 1 else None)
+        recall = score_recall(np.asarray(scores), exact_scores)
+        if recall >= floor or leaves >= total:
+            return leaves, recall
+        leaves = min(total, 2 * leaves)
+
+
 def build_scann(items: np.ndarray, config: IndexConfig):
     """A ScaNN TF-ops searcher over normalized ``items`` [N, D]."""
     from scann import scann_ops
@@ -99,7 +126,7 @@ def build_scann(items: np.ndarray, config: IndexConfig):
     k = min(config.k, n)
     leaves, search = config.leaves(n)
     builder = scann_ops.builder(normalize(items), k, "dot_product")
-    if n >= 2 * leaves and leaves > 1:
+    if config.partitioned(n):
         builder = builder.tree(num_leaves=leaves, num_leaves_to_search=search,
                                training_sample_size=min(n, config.training_sample_size))
     builder = builder.score_ah(config.dimensions_per_block,
