@@ -27,9 +27,10 @@ from absl import logging as absl_logging
 from components.trainer import progress as trainer_progress
 
 #: Console silence, while a step runs, that brings a heartbeat line, in seconds:
-#: polled every second, with a margin under the 30 s promised (a busy
-#: machine delays a line by a second or two; 28 s gave gaps of 29.3 s).
-HEARTBEAT_S = 25.0
+#: polled every second, with a margin under the 30 s promised. A step that
+#: runs Python in this process (the in-process join) can hold the heartbeat
+#: thread back: 28 s gave gaps of 29.3 s, 25 s one of 32 s at a million items.
+HEARTBEAT_S = 20.0
 _EVENT = re.compile(r"^(?:node|Component) (\S+) is (running|finished)\.$")
 
 
