@@ -1,4 +1,4 @@
-"""Shared helpers for benchmarks: process-tree peak memory, machine facts, output."""
+"""Shared helpers for benchmarks: process-tree memory, step times, machine facts, output."""
 
 from __future__ import annotations
 
@@ -15,6 +15,9 @@ from typing import Callable, Sequence
 import psutil
 
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+#: The pipeline name of local runs (ML Metadata's context).
+PIPELINE_NAME = "ssl4rec"
 
 
 def machine() -> dict[str, object]:
@@ -102,3 +105,87 @@ def write_results(name: str, values: dict[str, object],
         f.write("\n")
     with open(os.path.join(folder, f"{name}.md"), "w") as f:
         f.write(markdown(values))
+
+
+def run_watched(cmd: list[str], log_path: str, env: dict[str, str]) -> dict[str, object]:
+    """Runs ``cmd``; returns its wall time, RSS samples and console line times.
+
+    Returns ``{"wall_s", "start", "rss": [(unix time, bytes)], "lines":
+    [unix time of each console line]}``; raises if the command fails.
+    """
+    samples: list[tuple[float, int]] = []
+    lines: list[float] = []
+    start = time.time()
+    with open(log_path, "w") as log:
+        proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                text=True, cwd=ROOT)
+        ps = psutil.Process(proc.pid)
+        stop = threading.Event()
+
+        def sample() -> None:
+            while not stop.is_set():
+                samples.append((time.time(), _tree_rss(ps)))
+                time.sleep(0.5)
+
+        thread = threading.Thread(target=sample, daemon=True)
+        thread.start()
+        for line in proc.stdout:
+            lines.append(time.time())
+            log.write(f"{time.strftime('%H:%M:%S')} {line}")
+            log.flush()
+        code = proc.wait()
+        stop.set()
+        thread.join()
+    if code != 0:
+        raise RuntimeError(f"{' '.join(cmd)} failed with exit code {code}; see {log_path}")
+    return {"wall_s": time.time() - start, "start": start, "rss": samples, "lines": lines}
+
+
+def longest_silence(start: float, end: float, lines: list[float]) -> float:
+    """The longest gap between two console lines (the start and end count as lines)."""
+    times = [start, *sorted(lines), end]
+    return max(b - a for a, b in zip(times, times[1:]))
+
+
+def step_windows(run_root: str, spec_path: str, config_kwargs: dict | None = None
+                 ) -> dict[str, tuple[float, float]]:
+    """(start, end) Unix seconds of each step's latest run, from ML Metadata.
+
+    A step that was cached in the latest run (a resumed run) keeps the times
+    of the execution that did its work.
+    """
+    from ml_metadata.proto import metadata_store_pb2
+
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_pipeline
+    from pipeline.report import records
+    from transforms.spec import load_spec
+
+    store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
+    config = PipelineConfig(spec=load_spec(spec_path), run_root=run_root, **(config_kwargs or {}))
+    out = {}
+    for node in create_pipeline(config).components:
+        done = [e for e in records.executions(store, PIPELINE_NAME, node.id)
+                if e.last_known_state == metadata_store_pb2.Execution.COMPLETE]
+        if done:
+            out[node.id] = (done[-1].create_time_since_epoch / 1000,
+                            done[-1].last_update_time_since_epoch / 1000)
+    return out
+
+
+def step_figures(windows: dict[str, tuple[float, float]], rss: list[tuple[float, int]]
+                 ) -> dict[str, float]:
+    """``<Step>_wall_s`` and ``<Step>_peak_rss_mib``.
+
+    The peak is the largest sample in the step's window; a step shorter than
+    the sampling interval gets the last sample before it started.
+    """
+    out: dict[str, float] = {}
+    for node, (start, end) in windows.items():
+        inside = [b for t, b in rss if start <= t <= end]
+        before = [b for t, b in rss if t < start]
+        if not inside and before:
+            inside = before[-1:]
+        out[f"{node}_wall_s"] = round(end - start, 1)
+        out[f"{node}_peak_rss_mib"] = round(max(inside) / 2**20) if inside else 0
+    return out

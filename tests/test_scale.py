@@ -14,7 +14,7 @@ import sys
 
 import pytest
 
-from benchmarks import scale
+from benchmarks import common, scale
 from components.evaluate.metrics import recall_at_k
 from pipeline.config import PipelineConfig
 from pipeline.pipeline import create_pipeline
@@ -28,9 +28,9 @@ HPARAMS = {"train_steps": 40, "steps_per_epoch": 20, "batch_size": 64, "ssl_batc
 
 
 def test_longest_silence_counts_the_start_and_the_end():
-    assert scale.longest_silence(100.0, 200.0, [110.0, 150.0, 160.0]) == 40.0
-    assert scale.longest_silence(100.0, 200.0, [110.0, 130.0]) == 70.0    # the end
-    assert scale.longest_silence(100.0, 200.0, []) == 100.0
+    assert common.longest_silence(100.0, 200.0, [110.0, 150.0, 160.0]) == 40.0
+    assert common.longest_silence(100.0, 200.0, [110.0, 130.0]) == 70.0    # the end
+    assert common.longest_silence(100.0, 200.0, []) == 100.0
 
 
 def test_step_figures_take_the_samples_inside_each_step():
@@ -38,7 +38,7 @@ def test_step_figures_take_the_samples_inside_each_step():
     windows = {"A": (10.0, 20.0), "B": (20.5, 30.0), "C": (40.0, 40.2), "D": (1.0, 2.0)}
     rss = [(9.0, 900 * mib), (12.0, 100 * mib), (19.0, 300 * mib), (25.0, 200 * mib),
            (35.0, 999 * mib), (36.0, 700 * mib)]
-    assert scale.step_figures(windows, rss) == {
+    assert common.step_figures(windows, rss) == {
         "A_wall_s": 10.0, "A_peak_rss_mib": 300, "B_wall_s": 9.5, "B_peak_rss_mib": 200,
         "C_wall_s": 0.2, "C_peak_rss_mib": 700,     # between samples: the last one before
         "D_wall_s": 1.0, "D_peak_rss_mib": 0}       # before the first sample: none
