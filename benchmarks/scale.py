@@ -126,17 +126,19 @@ def stage_pipeline(args: argparse.Namespace) -> dict[str, object]:
 def _evaluator_figures(run_root: str) -> dict[str, object]:
     """The run's Evaluator: overall Recall@50 and examples, and Recall@50 by item bucket."""
     from benchmarks.common import latest_artifact
+    from components.evaluate import config as eval_config
     from components.evaluate import report
     from pipeline import nodes
     from transforms import features
 
     metrics = report.metrics_by_slice(latest_artifact(run_root, nodes.EVALUATOR, "evaluation"))
-    out = {"evaluator_recall_at_50": round(metrics[report.OVERALL]["recall_at_50"], 4),
+    gate = eval_config.GATE_METRIC                    # recall_at_50
+    out = {f"evaluator_{gate}": round(metrics[report.OVERALL][gate], 4),
            "evaluator_examples": int(metrics[report.OVERALL]["example_count"])}
     for bucket in features.BUCKETS:
         got = metrics.get(report.bucket_label(bucket))
         if got:
-            out[f"evaluator_{bucket}_recall_at_50"] = round(got["recall_at_50"], 4)
+            out[f"evaluator_{bucket}_{gate}"] = round(got[gate], 4)
     return out
 
 
