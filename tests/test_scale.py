@@ -63,7 +63,7 @@ def test_the_scale_benchmark_runs_every_step_on_a_small_catalog(tmp_path):
                                                           run_root=run_root)).components]
     assert values["steps"] == len(steps) == 18
     for step in steps:
-        assert values[f"{step}_wall_s"] > 0 and values[f"{step}_peak_rss_mib"] > 0, step
+        assert values[f"{step}_wall_s"] >= 0 and values[f"{step}_peak_rss_mib"] > 0, step
     assert values["items"] == 1500 and values["pairs"] == 15000
     assert values["peak_rss_mib"] >= max(values[f"{s}_peak_rss_mib"] for s in steps)
     # Exact over the whole catalog: TFMA's Recall@50 is NumPy's brute force.
