@@ -66,6 +66,7 @@ from benchmarks.common import (  # noqa: E402
 )
 
 STAGES = ("pipeline", "movielens", "trainer", "search", "endpoint")
+MOVIELENS_SPEC = os.path.join(ROOT, "data/movielens-1m/dataset.yaml")     # from make run
 NAME = PIPELINE_NAME
 
 
@@ -177,8 +178,7 @@ def stage_trainer(args: argparse.Namespace) -> dict[str, object]:
     from transforms.spec import load_spec
 
     variant = hparams_lib.DEFAULT_VARIANT
-    cases = {"movielens": (os.path.join(ROOT, "data/movielens-1m/dataset.yaml"),
-                           os.path.join(args.work, "movielens")),
+    cases = {"movielens": (MOVIELENS_SPEC, os.path.join(args.work, "movielens")),
              "small_catalog": control_run(args.work),
              "scale": (os.path.join(args.work, "data", "dataset.yaml"),
                        os.path.join(args.work, "run"))}
@@ -334,7 +334,7 @@ def stage_endpoint(args: argparse.Namespace) -> dict[str, object]:
 
 
 def stage_movielens(args: argparse.Namespace) -> dict[str, object]:
-    spec = os.path.join(ROOT, "data/movielens-1m/dataset.yaml")
+    spec = MOVIELENS_SPEC
     run_root = os.path.join(args.work, "movielens")
     shutil.rmtree(run_root, ignore_errors=True)
     watched = run_watched([sys.executable, "-m", "pipeline", "run", "--dataset", spec,
