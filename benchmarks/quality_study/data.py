@@ -10,6 +10,7 @@ import os
 import shutil
 import subprocess
 import sys
+from typing import NamedTuple
 
 import numpy as np
 import tensorflow as tf
@@ -24,6 +25,9 @@ from components.correlation import report as correlation_report
 from pipeline import nodes
 from transforms import features
 from transforms.spec import load_spec
+
+#: The training folder's name suffix: a new split rule writes a new folder.
+SPLIT_NAME = "cold-validation"
 
 
 def prepare(name: str) -> None:
@@ -84,11 +88,37 @@ def write_split(records: np.ndarray, folder: str) -> str:
     return folder
 
 
-def split_training(records: np.ndarray, share: float) -> tuple[np.ndarray, np.ndarray]:
-    """(training rows, validation rows): ``share`` of ``records``, then a validation share.
+def item_ids(records: np.ndarray, key: str) -> np.ndarray:
+    """[N] the ``key`` bytes feature (an item id) of each serialized record (b"": none)."""
+    spec = {key: tf.io.FixedLenFeature([], tf.string, default_value=b"")}
+    parts = [tf.io.parse_example(tf.constant(list(records[i:i + 65536])), spec)[key].numpy()
+             for i in range(0, len(records), 65536)]
+    return np.concatenate(parts).astype(object) if parts else np.zeros(0, object)
+
+
+class Split(NamedTuple):
+    """The study's split of one regime's training rows.
+
+    Attributes:
+      train: the rows the models train on.
+      validation: the validation rows scored (at most ``VALIDATION_MAX_PAIRS``).
+      cold_items: the item ids whose every row left training for validation.
+    """
+
+    train: np.ndarray
+    validation: np.ndarray
+    cold_items: frozenset
+
+
+def split_training(records: np.ndarray, share: float, item_key: str) -> Split:
+    """``share`` of ``records``, then validation: cold items' rows and a share of the rest.
 
     The records are sorted first, so the seeded draws do not depend on the
-    order the pipeline's workers wrote them in.
+    order the pipeline's workers wrote them in. Of the kept rows' items,
+    ``VALIDATION_COLD_ITEM_PERCENT`` percent (uniform over items, as the
+    pipeline's hash hold-out) leave training with every row; of the other
+    rows ``VALIDATION_SHARE`` do. At most ``VALIDATION_MAX_PAIRS``
+    validation rows, drawn uniformly, are scored.
     """
     records = np.sort(records)
     rng = np.random.default_rng(protocol.SPLIT_SEED)
@@ -97,9 +127,19 @@ def split_training(records: np.ndarray, share: float) -> tuple[np.ndarray, np.nd
         keep[:] = False
         keep[rng.permutation(len(records))[: int(round(share * len(keep)))]] = True
     kept = records[keep]
-    is_val = np.zeros(len(kept), bool)
-    is_val[rng.permutation(len(kept))[: int(round(protocol.VALIDATION_SHARE * len(kept)))]] = True
-    return kept[~is_val], kept[is_val]
+    items = item_ids(kept, item_key)
+    unique = np.unique(items)
+    n_cold = int(round(protocol.VALIDATION_COLD_ITEM_PERCENT / 100 * len(unique)))
+    cold = unique[rng.permutation(len(unique))[:n_cold]]
+    is_val = np.isin(items, cold)
+    warm = np.flatnonzero(~is_val)
+    is_val[warm[rng.permutation(len(warm))[: int(round(protocol.VALIDATION_SHARE
+                                                       * len(warm)))]]] = True
+    validation = kept[is_val]
+    if len(validation) > protocol.VALIDATION_MAX_PAIRS:
+        validation = np.sort(validation[rng.permutation(len(validation))[
+            : protocol.VALIDATION_MAX_PAIRS]])
+    return Split(kept[~is_val], validation, frozenset(cold))
 
 
 class Regime:
@@ -111,9 +151,10 @@ class Regime:
       transform_dir, catalog_dir, train_dir: the Transform graph, the joined
         catalog split, and the study's training split (written under ``work``).
       correlation: the FeatureCorrelation artefact's content.
-      validation, test: the validation and test (the pipeline's eval split)
-        evaluations.
-      sizes: pairs in ``train``, ``validation`` and ``test``.
+      validation, test: the validation (its cold items' rows in the cold
+        slice) and test (the pipeline's eval split) evaluations.
+      sizes: pairs in ``train``, ``validation`` (scored) and ``test``, and the
+        validation's cold items.
     """
 
     def __init__(self, name: str, regime: protocol.RegimeSpec, work: str) -> None:
@@ -124,13 +165,15 @@ class Regime:
         self.catalog_dir = features.split_dir(examples, features.CATALOG_SPLIT)
         self.correlation = correlation_report.read(
             latest_artifact(dataset.root, nodes.CORRELATION, "correlation"))
-        train, validation = split_training(
-            read_split(features.split_dir(examples, features.TRAIN_SPLIT)), regime.share)
-        self.train_dir = write_split(train, os.path.join(work, f"{name}-train-joined"))
+        split = split_training(read_split(features.split_dir(examples, features.TRAIN_SPLIT)),
+                               regime.share, features.item_key(self.spec.item_id))
+        self.train_dir = write_split(split.train, os.path.join(work, f"{name}-train-{SPLIT_NAME}"))
         tft_out = tft.TFTransformOutput(self.transform_dir)
         catalog = Catalog(read_split(self.catalog_dir), tft_out, self.spec)
-        self.validation = Evaluation(validation, catalog, tft_out, self.spec)
+        self.validation = Evaluation(split.validation, catalog, tft_out, self.spec,
+                                     cold_items=split.cold_items)
         self.test = Evaluation(read_split(features.split_dir(examples, features.EVAL_SPLIT)),
                                catalog, tft_out, self.spec)
-        self.sizes = {"train": len(train), "validation": len(validation),
+        self.sizes = {"train": len(split.train), "validation": len(split.validation),
+                      "validation_cold_items": len(split.cold_items),
                       "test": len(self.test.positive)}

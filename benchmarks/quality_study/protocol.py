@@ -16,6 +16,9 @@ from transforms import features
 
 COLD_ITEM_PERCENT = 10
 ML1M, ML1M_COLD, SYNTHETIC = "ml1m", "ml1m_cold", "synthetic"
+RICH, RICH_COLD = "rich", "rich_cold"
+#: The long-tail catalog's size (``pipeline/datasets/rich.py``, ``long_tail``).
+RICH_ITEMS, RICH_PAIRS = 200_000, 1_000_000
 
 
 class Dataset(NamedTuple):
@@ -44,9 +47,15 @@ DATASETS = {
         ("synthetic", "--rich", "--out", "data/rich", "--items", "20000", "--pairs", "400000"),
         ("run", "--dataset", "data/rich/dataset.yaml", "--run-root", "runs/rich",
          "--data-only"))),
+    RICH: Dataset("runs/rich-long-tail", "data/rich-long-tail/dataset.yaml", (
+        ("synthetic", "--rich", "--long-tail", "--out", "data/rich-long-tail",
+         "--items", str(RICH_ITEMS), "--pairs", str(RICH_PAIRS)),)),
+    RICH_COLD: Dataset("runs/rich-long-tail-cold", "data/rich-long-tail/dataset-cold.yaml", (
+        ("run", "--dataset", "data/rich-long-tail/dataset-cold.yaml",
+         "--run-root", "runs/rich-long-tail-cold", "--data-only"),)),
 }
-#: The dataset whose spec, with COLD_ITEM_PERCENT of the items held out, is ML1M_COLD's.
-COLD_SOURCE = {ML1M_COLD: ML1M}
+#: The dataset whose spec, with COLD_ITEM_PERCENT of the items held out, is the key's.
+COLD_SOURCE = {ML1M_COLD: ML1M, RICH_COLD: RICH}
 
 
 class RegimeSpec(NamedTuple):
@@ -65,10 +74,14 @@ class RegimeSpec(NamedTuple):
     every: int
 
 
+#: In the order the study runs them: each regime is tuned, budgeted and
+#: tested before the next starts (the run cache keeps every finished run).
 REGIMES = {
+    "rich_full": RegimeSpec(RICH_COLD, 1.0, 2000, 500),
+    "ml1m_cold_items": RegimeSpec(ML1M_COLD, 1.0, 3000, 500),
+    "rich_10pct": RegimeSpec(RICH_COLD, 0.1, 500, 125),
     "ml1m_full": RegimeSpec(ML1M, 1.0, 3000, 500),
     "ml1m_10pct": RegimeSpec(ML1M, 0.1, 1500, 250),
-    "ml1m_cold_items": RegimeSpec(ML1M_COLD, 1.0, 3000, 500),
     "synthetic_full": RegimeSpec(SYNTHETIC, 1.0, 2000, 250),
     "synthetic_10pct": RegimeSpec(SYNTHETIC, 0.1, 500, 125),
 }
@@ -89,19 +102,33 @@ def smoke_regimes(regimes: Mapping[str, RegimeSpec] = REGIMES) -> dict[str, Regi
 BUDGET_FACTOR = 1.5
 BUDGET_EXTENSIONS = 2
 BUDGET_MIN_GAIN = 0.002
-TUNING_REGIME = "ml1m_full"
 TUNING_SEEDS = (0, 1)
 BASELINE = "baseline"
+#: The main loss's logQ correction, for every variant: standard practice for
+#: in-batch negatives (it won on ``ml1m_full``'s validation in the study's
+#: earlier protocol, which also searched it).
+LOGQ_CORRECTION = True
 SSL_VARIANTS = tuple(v for v, f in hparams_lib.VARIANTS.items() if f.ssl_loss)
+#: Variants whose main loss has the uniform extra negatives: their main
+#: temperature is ``mns``'s, chosen on the same regime.
+NEGATIVES = "mns"
+WITH_NEGATIVES = tuple(v for v, f in hparams_lib.VARIANTS.items()
+                       if f.extra_negatives and v != NEGATIVES)
 #: parameter -> (starting grid, factor of one extension step). The SSL
-#: temperature's grid is relative: times the chosen main temperature.
-GRIDS = {"temperature": ((0.05, 0.1, 0.2), 2.0),
+#: temperature's grid is relative: times the chosen main temperature. The
+#: starting grids are centred on the earlier protocol's choices.
+GRIDS = {"temperature": ((0.025, 0.05, 0.1), 2.0),
          "alpha": ((0.03, 0.1, 0.3), 3.0),
          "ssl_temperature": ((0.5, 1.0, 2.0), 2.0),
-         "feature_dropout_rate": ((0.05, 0.1, 0.2), 2.0)}
+         "feature_dropout_rate": ((0.0125, 0.025, 0.05), 2.0)}
 RELATIVE = {"ssl_temperature": "temperature"}
 MAX_EXTENSIONS = 2
 VALIDATION_SHARE = 0.1
+#: Percent of the items of a regime's training rows held out of training
+#: with all their rows, as validation's cold slice (uniform over items).
+VALIDATION_COLD_ITEM_PERCENT = 5
+#: At most this many validation rows are scored (a seeded uniform draw).
+VALIDATION_MAX_PAIRS = 30_000
 SPLIT_SEED = 1234
 STEPS_PER_EPOCH = 125
 
@@ -113,6 +140,12 @@ GATE_K = next(k for k in KS if metric_name(RecallAtK.KIND, k) == GATE_METRIC)
 #: the Evaluator's gate metric on the overall slice.
 SELECTION_METRIC = f"{OVERALL}_{GATE_METRIC}"
 EXAMPLES = "examples"
+#: The default-variant rule: the best mean overall validation gain over the
+#: baseline (Recall@K of the gate) across the regimes, among the variants
+#: whose cold-slice validation Recall@K is at most COLD_MAX_LOSS below the
+#: baseline's on every regime of COLD_GUARD_REGIMES.
+COLD_GUARD_REGIMES = ("ml1m_cold_items", "rich_full")
+COLD_MAX_LOSS = 0.10
 
 
 def score_key(slice_name: str, metric: str) -> str:

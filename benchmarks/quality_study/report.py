@@ -33,7 +33,16 @@ REGIME_TITLES = {
                        "(cold)",
     "synthetic_full": "Feature-rich synthetic benchmark, full training data",
     "synthetic_10pct": "Feature-rich synthetic benchmark, 10% of the training data",
+    "rich_full": f"Long-tail rich catalog ({protocol.RICH_ITEMS:,} items, growing "
+                 f"vocabularies), {protocol.COLD_ITEM_PERCENT}% of the items held out (cold), "
+                 "full training data",
+    "rich_10pct": f"Long-tail rich catalog ({protocol.RICH_ITEMS:,} items), "
+                  f"{protocol.COLD_ITEM_PERCENT}% of the items held out (cold), 10% of the "
+                  "training data",
 }
+#: The settings a variant's chosen values can have, in the page's column order.
+SETTINGS = ("temperature", "alpha", "ssl_temperature", "feature_dropout_rate")
+DEFAULT_KEY = "default_variant"
 #: Suffix of a search's seed-mean validation scores (the selection metric, by grid value).
 VALIDATION_SCORES = f"_validation_{GATE_METRIC}"
 #: The page's table columns: (slice, K of Recall@K).
@@ -63,7 +72,10 @@ def flatten(results: dict, chosen: dict, searches: list, variants: list[str],
     """
     out: dict[str, object] = {"seeds": len(seeds),
                               "validation_share": protocol.VALIDATION_SHARE,
-                              "tuning_regime": protocol.TUNING_REGIME,
+                              "validation_cold_item_percent":
+                                  protocol.VALIDATION_COLD_ITEM_PERCENT,
+                              "validation_max_pairs": protocol.VALIDATION_MAX_PAIRS,
+                              "logq_correction": protocol.LOGQ_CORRECTION,
                               "tuning_seeds": len(protocol.TUNING_SEEDS),
                               "cold_item_percent": protocol.COLD_ITEM_PERCENT,
                               "budget_factor": protocol.BUDGET_FACTOR,
@@ -73,9 +85,11 @@ def flatten(results: dict, chosen: dict, searches: list, variants: list[str],
         for name, size in sizes[regime].items():
             out[_key(regime, name, "pairs")] = size
         out[_key(regime, "max_steps")] = spec.start_steps
-    for variant in variants:
-        for k, v in chosen[variant].items():
-            out[_key(variant, "chosen", k)] = v
+    for regime in regimes:
+        for variant in variants:
+            for k, v in chosen[regime][variant].items():
+                if k in SETTINGS:
+                    out[_key(regime, variant, k)] = v
     for regime in regimes:
         for variant in variants:
             out.update(_cell(regime, variant, results[f"{regime}/{variant}"]))
@@ -87,6 +101,7 @@ def flatten(results: dict, chosen: dict, searches: list, variants: list[str],
             out.update(_gains(out, regime, variants))
     for i, s in enumerate(searches):
         prefix = f"search_{i:02d}"
+        out[prefix + "_regime"] = s["regime"]
         out[prefix + "_variant"] = s["variant"]
         out[prefix + "_parameter"] = s["parameter"]
         out[prefix + "_grid"] = s["grid"]
@@ -97,15 +112,62 @@ def flatten(results: dict, chosen: dict, searches: list, variants: list[str],
 
 
 def _cell(regime: str, variant: str, cell: dict) -> dict[str, object]:
-    """One regime and variant: steps, and every metric's mean and std over seeds."""
+    """One regime and variant: steps, and every metric's mean and std over seeds (test,
+    and validation under ``<regime>_<variant>_validation_``)."""
     out: dict[str, object] = {_key(regime, variant, "train_steps"): cell["step"],
                               _key(regime, variant, "trained_steps"): cell["trained"]}
-    for metric in cell["tests"][0]:
-        if metric.endswith("_" + protocol.EXAMPLES):
-            continue
-        xs = np.array([t[metric] for t in cell["tests"]], float)
-        out[_key(regime, variant, metric, "mean")] = round(float(np.mean(xs)), 5)
-        out[_key(regime, variant, metric, "std")] = round(float(np.std(xs, ddof=1)), 5)
+    for prefix, scores in (((regime, variant), cell["tests"]),
+                           ((regime, variant, "validation"), cell["validations"])):
+        for metric in scores[0]:
+            if metric.endswith("_" + protocol.EXAMPLES):
+                continue
+            xs = np.array([t[metric] for t in scores], float)
+            out[_key(*prefix, metric, "mean")] = round(float(np.mean(xs)), 5)
+            out[_key(*prefix, metric, "std")] = round(float(np.std(xs, ddof=1)), 5)
+    return out
+
+
+def _validation(values: Mapping[str, object], regime: str, variant: str, slice_name: str
+                ) -> float:
+    """Seed-mean validation Recall@K (the gate's K) at the chosen checkpoint."""
+    metric = protocol.score_key(slice_name, metric_name(RecallAtK.KIND, protocol.GATE_K))
+    return float(values[_key(regime, variant, "validation", metric, "mean")])
+
+
+def default_rule(values: Mapping[str, object], variants: list[str], regimes: list[str]
+                 ) -> dict[str, object]:
+    """The pipeline's default variant by the protocol's rule, from validation only.
+
+    Eligible: every variant whose cold-slice validation Recall@K is at most
+    ``COLD_MAX_LOSS`` below the baseline's on each regime of
+    ``COLD_GUARD_REGIMES`` that ran. Chosen: the eligible variant with the
+    best mean (over ``regimes``) relative overall validation gain over the
+    baseline (the baseline's gain is 0).
+
+    Returns:
+      ``default_variant`` and, per variant, ``default_rule_<variant>_eligible``,
+      ``default_rule_<variant>_overall_validation_gain`` and per guard regime
+      ``default_rule_<variant>_<regime>_cold_validation_gain``.
+    """
+    base = protocol.BASELINE
+    guards = [r for r in protocol.COLD_GUARD_REGIMES if r in regimes]
+    out: dict[str, object] = {"default_rule_cold_max_loss": protocol.COLD_MAX_LOSS,
+                              "default_rule_guard_regimes": ",".join(guards)}
+    best, best_gain = base, 0.0
+    for v in variants:
+        gain = float(np.mean([_validation(values, r, v, OVERALL) / _validation(
+            values, r, base, OVERALL) - 1 for r in regimes]))
+        eligible = True
+        for r in guards:
+            cold = _validation(values, r, v, features.COLD) / _validation(
+                values, r, base, features.COLD) - 1
+            out[_key("default_rule", v, r, "cold_validation_gain")] = round(cold, 4)
+            eligible &= cold >= -protocol.COLD_MAX_LOSS
+        out[_key("default_rule", v, "overall_validation_gain")] = round(gain, 4)
+        out[_key("default_rule", v, "eligible")] = bool(eligible)
+        if eligible and gain > best_gain:
+            best, best_gain = v, gain
+    out[DEFAULT_KEY] = best
     return out
 
 
@@ -141,59 +203,88 @@ def markdown(values: Mapping[str, object]) -> str:
     regimes = [r for r in protocol.REGIMES if _key(r, "max_steps") in values]
     variants = [v for v in hparams_lib.VARIANTS
                 if _key(regimes[0], v, protocol.SELECTION_METRIC, "mean") in values]
-    lines = [*_intro(values), "## Chosen settings", "",
-             "| variant | logQ | temperature | alpha | SSL temperature | feature-dropout rate |",
-             "|---|---|---|---|---|---|"]
-    for v in variants:
-        cells = [values.get(_key(v, "chosen", k), "") for k in
-                 ("logq_correction", "temperature", "alpha", "ssl_temperature",
-                  "feature_dropout_rate")]
-        lines.append(f"| {v} | " + " | ".join(str(c) for c in cells) + " |")
+    lines = [*_intro(values, len(regimes)), *_default_section(values, variants),
+             "## Chosen settings (each regime's own validation)", "",
+             "| regime | variant | " + " | ".join(SETTINGS) + " |",
+             "|---|---|" + "---|" * len(SETTINGS)]
+    for r in regimes:
+        for v in variants:
+            cells = [values.get(_key(r, v, k), "") for k in SETTINGS]
+            lines.append(f"| {r} | {v} | " + " | ".join(str(c) for c in cells) + " |")
     lines.append("")
     for regime in regimes:
         lines += _regime_section(values, regime, variants)
-    lines += ["## Validation searches (tuning regime, seed-mean "
-              f"{GATE_TITLE} at the best checkpoint)", "",
-              "| variant | parameter | grid: score | chosen | at an end |",
-              "|---|---|---|---|---|"]
+    lines += [f"## Validation searches (seed-mean {GATE_TITLE} at the best checkpoint)", "",
+              "| regime | variant | parameter | grid: score | chosen | at an end |",
+              "|---|---|---|---|---|---|"]
     for key in sorted(k for k in values if k.startswith("search_") and k.endswith("_grid")):
         prefix = key[: -len("_grid")]
         pairs = ", ".join(f"{g:g}: {s:.4f}" for g, s in zip(
             values[key], values[prefix + VALIDATION_SCORES]))
-        lines.append(f"| {values[prefix + '_variant']} | {values[prefix + '_parameter']} | "
-                     f"{pairs} | {values[prefix + '_chosen']} | "
-                     f"{'yes' if values[prefix + '_at_edge'] else 'no'} |")
+        lines.append(f"| {values[prefix + '_regime']} | {values[prefix + '_variant']} | "
+                     f"{values[prefix + '_parameter']} | {pairs} | {values[prefix + '_chosen']} "
+                     f"| {'yes' if values[prefix + '_at_edge'] else 'no'} |")
     lines += ["", f"![{GATE_TITLE} by slice]({CHART})", ""]
     return "\n".join(lines)
 
 
-def _intro(values: Mapping[str, object]) -> list[str]:
-    """The page's title, setting, protocol and CFM-group paragraphs."""
+def _default_section(values: Mapping[str, object], variants: list[str]) -> list[str]:
+    """The default-variant rule, its inputs per variant, and its choice."""
+    guards = [g for g in str(values["default_rule_guard_regimes"]).split(",") if g]
+    loss = values["default_rule_cold_max_loss"]
+    lines = ["## The pipeline's default variant", "",
+             f"Rule (validation only): among the variants whose cold-item validation {GATE_TITLE}"
+             f" is at most {loss:.0%} below the baseline's on "
+             + " and ".join(f"`{g}`" for g in guards)
+             + f", the best mean relative overall validation {GATE_TITLE} gain over the "
+             f"baseline across the regimes. Chosen: **`{values[DEFAULT_KEY]}`**.", "",
+             "| " + " | ".join(["variant", "mean overall validation gain",
+                                *(f"cold validation gain, {g}" for g in guards),
+                                "eligible"]) + " |",
+             "|---|---|" + "---|" * len(guards) + "---|"]
+    for v in variants:
+        cold = [f"{values[_key('default_rule', v, g, 'cold_validation_gain')]:+.1%}"
+                for g in guards]
+        lines.append("| " + " | ".join([
+            v, f"{values[_key('default_rule', v, 'overall_validation_gain')]:+.1%}", *cold,
+            "yes" if values[_key("default_rule", v, "eligible")] else "no"]) + " |")
+    return lines + [""]
+
+
+def _intro(values: Mapping[str, object], n_regimes: int) -> list[str]:
+    """The page's title, setting, protocol, data and CFM-group paragraphs."""
     measure = {"ami": "adjusted MI (chance-corrected)", "nmi": "plug-in NMI"}[
         values["cfm_grouping_measure"]]
     gate = GATE_TITLE
+    tail = {p: (values[f"{p}_values_on_le3_items_share"], values[f"{p}_items_le5_pairs_share"])
+            for p in ("generator", "movielens")}
     return [
-        "# Quality: Trainer variants, tuned alike, on five regimes", "",
+        f"# Quality: Trainer variants, each tuned on each of {n_regimes} regimes", "",
         f"Command: `{values['command']}`; {values['machine_cpus']} CPUs. Mean ± standard "
         f"deviation over {values['seeds']} seeds. Test = the pipeline's eval split, brute "
         "force over the whole catalog (the query's own item excluded). Slices follow the "
         "positive item's bucket (head = top 10% of items by training count, tail = the rest "
         "seen in training, cold = never in training).", "",
         "**Protocol.** Every model trains on its regime's training pairs minus a validation "
-        f"share ({values['validation_share']:.0%}, seeded). Step budget, one rule for every "
-        f"variant: the checkpoint with the best seed-mean validation {gate}. Settings are "
-        f"chosen on `{values['tuning_regime']}`'s validation split, on the mean of "
-        f"{values['tuning_seeds']} seeds: the baseline's temperature with and without logQ "
-        "correction (the winner's temperature and logQ then apply to every variant's main "
-        "loss); `fd`'s feature-dropout rate; `mns`'s temperature; for every SSL variant (the "
-        "ablations of `cfm` included) its alpha (SSL temperature = main temperature), then "
-        "its SSL temperature at that alpha. A grid won at an end is extended. The other "
-        "regimes reuse these settings and choose only their step budget on their own "
-        "validation split; a variant whose best checkpoint is its last and whose seed-mean "
-        f"validation {gate} still rose by at least {values['budget_min_gain']} over the "
-        f"last checkpoint interval is retrained with {values['budget_factor']}x the steps "
-        f"(at most {values['budget_extensions']} times). "
-        "Nothing is chosen on the test split.", "",
+        f"split: every row of {values['validation_cold_item_percent']}% of the items "
+        f"(uniform over items: validation's cold slice) and {values['validation_share']:.0%} "
+        f"of the other rows (seeded; at most {values['validation_max_pairs']:,} validation "
+        "rows scored). Every choice is made on each regime's own validation split, on the "
+        f"mean of {values['tuning_seeds']} seeds, by validation {gate} overall: the "
+        f"baseline's temperature (logQ correction {'on' if values['logq_correction'] else 'off'}"
+        " for every variant); `fd`'s feature-dropout rate; `mns`'s temperature; every SSL "
+        "variant's alpha (SSL temperature = main temperature; the main temperature is the "
+        "baseline's, or `mns`'s for the variants with extra negatives), then its SSL "
+        "temperature at that alpha. A grid won at an end is extended. Step budget, one rule "
+        f"for every variant: the checkpoint with the best seed-mean validation {gate}; a "
+        "variant whose best checkpoint is its last and whose seed-mean validation score "
+        f"still rose by at least {values['budget_min_gain']} over the last checkpoint "
+        f"interval is retrained with {values['budget_factor']}x the steps (at most "
+        f"{values['budget_extensions']} times). Nothing is chosen on the test split.", "",
+        "**Long tail.** Feature values held by at most 3 items: "
+        f"{tail['generator'][0]:.1%} in the long-tail rich catalog, {tail['movielens'][0]:.1%} "
+        "in MovieLens-1M; items with at most 5 training pairs: "
+        f"{tail['generator'][1]:.1%} and {tail['movielens'][1]:.1%}.", "",
         f"CFM groups (MovieLens-1M) by **{measure}**: {values['cfm_groups_ml1m']}. `cfm` masks "
         "the seed + floor(k/2) features, `cfm_balanced` k // 2.", ""]
 

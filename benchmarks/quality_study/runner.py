@@ -3,7 +3,7 @@
 A run is one (regime, variant, seed, settings, step budget). Runs train in a
 pool of worker processes with the Trainer's own code
 (:func:`components.trainer.run.train`) and are cached in
-``<work>/runs-joined.json`` (key: :meth:`Study.key`), so a re-run continues.
+``<work>/runs-cold-validation.json`` (key: :meth:`Study.key`), so a re-run continues.
 Each run's record: its validation scores by checkpoint step (``curve``), the
 test scores at the checkpoint the step rule picks (added to that
 checkpoint's entry), the regime's split sizes, steps and seconds.
@@ -29,7 +29,7 @@ from benchmarks.quality_study.data import Regime
 from components.trainer import hparams as hparams_lib
 from components.trainer.run import build_model, train, training_input
 
-RUNS_FILE = "runs-joined.json"
+RUNS_FILE = "runs-cold-validation.json"
 VALIDATION, TEST = "validation", "test"
 #: (regime, variant, seed, settings, step budget or None: the regime's starting one).
 Job = tuple[str, str, int, dict, Optional[int]]
@@ -228,15 +228,15 @@ class Study:
         step = max(means, key=lambda s: (means[s], -int(s)))
         return step, means[step]
 
-    def search(self, variant: str, name: str, fixed: dict) -> object:
+    def search(self, regime: str, variant: str, name: str, fixed: dict) -> object:
         """The value of ``name`` with the best tuning score; extends a grid won at an end."""
         factor = protocol.GRIDS[name][1]
         grid = grid_values(name, fixed)
         extended = {"low": 0, "high": 0}
         while True:
-            self.run_many([(protocol.TUNING_REGIME, variant, seed, {**fixed, name: v}, None)
+            self.run_many([(regime, variant, seed, {**fixed, name: v}, None)
                            for v in grid for seed in protocol.TUNING_SEEDS])
-            scores = [self.budget(protocol.TUNING_REGIME, variant, protocol.TUNING_SEEDS,
+            scores = [self.budget(regime, variant, protocol.TUNING_SEEDS,
                                   {**fixed, name: v})[1] for v in grid]
             i = int(np.argmax(scores))
             if factor and i == 0 and extended["low"] < protocol.MAX_EXTENSIONS:
@@ -247,49 +247,59 @@ class Study:
                 grid.append(round(grid[-1] * factor, 6))
                 extended["high"] += 1
             else:
-                label = name if "logq_correction" not in fixed or name != "temperature" else (
-                    f"{name} (logQ {'on' if fixed['logq_correction'] else 'off'})")
-                self.searches.append({"variant": variant, "parameter": label, "grid": grid,
-                                      "scores": [round(s, 5) for s in scores],
+                self.searches.append({"regime": regime, "variant": variant, "parameter": name,
+                                      "grid": grid, "scores": [round(s, 5) for s in scores],
                                       "chosen": grid[i], "fixed": dict(fixed),
                                       "at_edge": i in (0, len(grid) - 1)})
                 return grid[i]
 
-    def tune(self, variants: list[str]) -> dict[str, dict]:
-        """Every variant's settings, chosen on the tuning regime's validation split.
+    def _searches(self, regime: str, phase: dict[str, tuple[str, dict]]) -> dict[str, object]:
+        """Runs several searches: their starting grids at once (the workers stay busy)."""
+        self.run_many([job for v, (name, fixed) in phase.items()
+                       for job in grid_jobs(regime, v, name, fixed)])
+        return {v: self.search(regime, v, name, fixed) for v, (name, fixed) in phase.items()}
 
-        Each phase first trains the starting grids of all its searches at once
-        (so the workers stay busy), then runs the searches, which extend them.
+    def tune(self, regime: str, variants: list[str]) -> dict[str, dict]:
+        """Every variant's settings, chosen on ``regime``'s own validation split.
+
+        The baseline's temperature first (logQ ``LOGQ_CORRECTION``); then
+        ``fd``'s dropout rate, ``mns``'s temperature and, at the baseline's
+        temperature, each SSL variant's alpha (SSL temperature = main
+        temperature); then the alpha of the SSL variants with extra negatives,
+        at ``mns``'s temperature; then every SSL variant's SSL temperature at
+        its alpha.
         """
-        base, regime, seeds = protocol.BASELINE, protocol.TUNING_REGIME, protocol.TUNING_SEEDS
-        on, off = {"logq_correction": True}, {"logq_correction": False}
-        self.run_many(grid_jobs(base, "temperature", on) + grid_jobs(base, "temperature", off))
-        tau_on = self.search(base, "temperature", on)
-        tau_off = self.search(base, "temperature", off)
-        score_on = self.budget(regime, base, seeds, {**on, "temperature": tau_on})[1]
-        score_off = self.budget(regime, base, seeds, {**off, "temperature": tau_off})[1]
-        main = ({**on, "temperature": tau_on} if score_on >= score_off else
-                {**off, "temperature": tau_off})
-        ssl_fixed = {**main, "ssl_temperature": main["temperature"]}
+        logq = {"logq_correction": protocol.LOGQ_CORRECTION}
+        base = protocol.BASELINE
+        main = {**logq, "temperature": self._searches(
+            regime, {base: ("temperature", logq)})[base]}
+        ssl_at = lambda hp: {**hp, "ssl_temperature": hp["temperature"]}  # noqa: E731
         first = {"fd": ("feature_dropout_rate", main),
-                 "mns": ("temperature", {"logq_correction": main["logq_correction"]}),
-                 **{v: ("alpha", ssl_fixed) for v in protocol.SSL_VARIANTS}}
-        first = {v: first[v] for v in variants if v in first}
-        self.run_many([job for v, (name, fixed) in first.items()
-                       for job in grid_jobs(v, name, fixed)])
-        chosen = {v: dict(main) for v in variants}
-        for v, (name, fixed) in first.items():
-            chosen[v] = {**fixed, **main, name: self.search(v, name, fixed)}
-        # Then every SSL variant's SSL temperature, at its own alpha.
-        ssl = [v for v in variants if v in protocol.SSL_VARIANTS]
-        self.run_many([job for v in ssl for job in grid_jobs(v, "ssl_temperature", chosen[v])])
-        for v in ssl:
-            chosen[v]["ssl_temperature"] = self.search(v, "ssl_temperature", chosen[v])
-        return chosen
+                 protocol.NEGATIVES: ("temperature", logq),
+                 **{v: ("alpha", ssl_at(main)) for v in protocol.SSL_VARIANTS
+                    if v not in protocol.WITH_NEGATIVES}}
+        combined = [v for v in variants if v in protocol.WITH_NEGATIVES]
+        needed = [*variants, *([protocol.NEGATIVES] if combined else [])]
+        first = {v: first[v] for v in needed if v in first}
+        chosen = {v: dict(main) for v in needed}
+        for v, value in self._searches(regime, first).items():
+            chosen[v] = {**first[v][1], first[v][0]: value}
+        if combined:
+            negatives = {**logq, "temperature": chosen[protocol.NEGATIVES]["temperature"]}
+            second = {v: ("alpha", ssl_at(negatives)) for v in combined}
+            for v, value in self._searches(regime, second).items():
+                chosen[v] = {**second[v][1], "alpha": value}
+        ssl = {v: ("ssl_temperature", chosen[v]) for v in variants
+               if v in protocol.SSL_VARIANTS}
+        for v, value in self._searches(regime, ssl).items():
+            chosen[v] = {**chosen[v], "ssl_temperature": value}
+        return {v: chosen[v] for v in variants}
 
     def budgets(self, regimes: list[str], variants: list[str], seeds: list[int],
                 chosen: dict) -> dict[tuple[str, str], tuple[int, str]]:
         """(steps trained, best checkpoint) per regime and variant, by one rule.
+
+        ``chosen``: regime -> variant -> settings (:meth:`tune`).
 
         Every variant starts at its regime's step budget; one whose best
         seed-mean validation checkpoint is its last, and which gained at
@@ -300,12 +310,12 @@ class Study:
         best: dict[tuple[str, str], str] = {}
         pending = list(steps)
         for round_ in range(protocol.BUDGET_EXTENSIONS + 1):
-            self.run_many([(r, v, s, chosen[v], steps[r, v]) for r, v in pending
+            self.run_many([(r, v, s, chosen[r][v], steps[r, v]) for r, v in pending
                            for s in seeds])
             extend = []
             for r, v in pending:
-                means = list(self.curve(r, v, seeds, chosen[v], steps[r, v]).values())
-                best[r, v] = self.budget(r, v, seeds, chosen[v], steps[r, v])[0]
+                means = list(self.curve(r, v, seeds, chosen[r][v], steps[r, v]).values())
+                best[r, v] = self.budget(r, v, seeds, chosen[r][v], steps[r, v])[0]
                 rising = len(means) > 1 and means[-1] - means[-2] >= protocol.BUDGET_MIN_GAIN
                 if (int(best[r, v]) == steps[r, v] and rising
                         and round_ < protocol.BUDGET_EXTENSIONS):
@@ -318,19 +328,22 @@ class Study:
     def test_scores(self, regimes: list[str], variants: list[str], seeds: list[int],
                     chosen: dict, steps: dict[tuple[str, str], tuple[int, str]]
                     ) -> dict[str, dict]:
-        """``regime/variant`` -> the chosen checkpoint, steps trained and test scores by seed.
+        """``regime/variant`` -> the chosen checkpoint, steps trained, and the test and
+        validation scores there by seed (``chosen``: as :meth:`budgets`).
 
         Scores the test split where it is not cached yet.
         """
-        self.test_many([(r, v, s, chosen[v], *steps[r, v]) for r in regimes for v in variants
-                        for s in seeds])
+        self.test_many([(r, v, s, chosen[r][v], *steps[r, v]) for r in regimes
+                        for v in variants for s in seeds])
         results = {}
         for r in regimes:
             for v in variants:
                 trained, step = steps[r, v]
-                tests = [self.run(r, v, s, chosen[v], trained)["curve"][step][TEST]
-                         for s in seeds]
-                results[f"{r}/{v}"] = {"step": int(step), "trained": trained, "tests": tests}
+                points = [self.run(r, v, s, chosen[r][v], trained)["curve"][step]
+                          for s in seeds]
+                results[f"{r}/{v}"] = {"step": int(step), "trained": trained,
+                                       "tests": [p[TEST] for p in points],
+                                       "validations": [p[VALIDATION] for p in points]}
         return results
 
 
@@ -340,7 +353,7 @@ def grid_values(name: str, fixed: dict) -> list[float]:
     return [round(v * scale, 6) for v in protocol.GRIDS[name][0]]
 
 
-def grid_jobs(variant: str, name: str, fixed: dict) -> list[Job]:
-    """The tuning runs of ``name``'s starting grid for ``variant``."""
-    return [(protocol.TUNING_REGIME, variant, seed, {**fixed, name: v}, None)
+def grid_jobs(regime: str, variant: str, name: str, fixed: dict) -> list[Job]:
+    """The tuning runs of ``name``'s starting grid for ``variant`` on ``regime``."""
+    return [(regime, variant, seed, {**fixed, name: v}, None)
             for v in grid_values(name, fixed) for seed in protocol.TUNING_SEEDS]

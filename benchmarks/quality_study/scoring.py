@@ -86,11 +86,18 @@ def exclude_own(scores: np.ndarray, own: np.ndarray) -> np.ndarray:
     return scores
 
 
-def slice_metrics(ranks: np.ndarray, bucket: np.ndarray) -> dict[str, float]:
-    """Example counts, Recall@K and MAP@K by slice, from each example's 0-based positive rank."""
+def slice_metrics(ranks: np.ndarray, bucket: np.ndarray,
+                  overall: Optional[np.ndarray] = None) -> dict[str, float]:
+    """Example counts, Recall@K and MAP@K by slice, from each example's 0-based positive rank.
+
+    ``overall``: the rows of the overall slice (default: every row).
+    """
     out: dict[str, float] = {}
     for name in protocol.SLICES:
-        mask = np.ones(len(ranks), bool) if name == OVERALL else bucket == name
+        if name == OVERALL:
+            mask = np.ones(len(ranks), bool) if overall is None else overall
+        else:
+            mask = bucket == name
         out[protocol.score_key(name, protocol.EXAMPLES)] = int(mask.sum())
         for k in KS:
             for kind, fn in METRICS.items():
@@ -106,11 +113,15 @@ class Evaluation:
       queries: the queries' transformed features.
       positive: [Q] each query's positive item's catalog column.
       own: [Q] each query's own item's catalog column (-1: none or not excluded).
-      bucket: [Q] the positive item's bucket (head / tail / cold; "" if absent).
+      bucket: [Q] the positive item's bucket (head / tail / cold; "" if absent);
+        ``cold_items`` (raw ids, held out of training by the study) are cold.
+      overall: [Q] the rows of the overall slice, or None (every row). With
+        ``cold_items``, the rows of the other items (the warm share of the
+        pairs); the held-out items' rows are in the cold slice only.
     """
 
     def __init__(self, records: np.ndarray, catalog: Catalog, tft_out: tft.TFTransformOutput,
-                 spec: DatasetSpec) -> None:
+                 spec: DatasetSpec, cold_items: frozenset = frozenset()) -> None:
         self.catalog = catalog
         self.queries = data.transformed_decoder(tft_out)(tf.constant(list(records)))
         id_key, own_key = features.item_key(spec.item_id), own_item_key(spec)
@@ -123,7 +134,11 @@ class Evaluation:
                              "half.")
         self.positive = np.array([catalog.column[_first(r, id_key)] for r in rows], np.int64)
         self.own = np.array([catalog.column.get(_first(r, own_key), -1) for r in rows], np.int64)
-        self.bucket = np.array([(_first(r, features.ITEM_BUCKET) or b"").decode() for r in rows])
+        self.bucket = np.array([(_first(r, features.ITEM_BUCKET) or b"").decode() for r in rows],
+                               dtype=object)
+        held_out = np.array([_first(r, id_key) in cold_items for r in rows], bool)
+        self.bucket[held_out] = features.COLD
+        self.overall = ~held_out if cold_items else None
 
     def ranks(self, model: Any) -> np.ndarray:
         """[Q] 0-based rank of each query's positive among the catalog, own item left out."""
@@ -138,4 +153,4 @@ class Evaluation:
 
     def score(self, model: Any) -> dict[str, float]:
         """:func:`slice_metrics` of ``model`` (with ``item_embedding`` / ``query_embedding``)."""
-        return slice_metrics(self.ranks(model), self.bucket)
+        return slice_metrics(self.ranks(model), self.bucket, self.overall)
