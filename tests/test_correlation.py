@@ -1,5 +1,6 @@
 """MI statistics against independent oracles (scikit-learn, hand computation)."""
 
+import itertools
 import math
 import os
 import pickle
@@ -279,3 +280,62 @@ def test_item_sample_is_uniform_deterministic_and_off_for_small_catalogs():
     assert kept == [i for i in ids if executor.in_sample(i, 0.2)]       # the same every run
     assert set(i for i in ids if executor.in_sample(i, 0.1)) <= set(kept)  # nested samples
     assert all(executor.in_sample(i, 1.0) for i in ids[:10])
+
+
+def _count_of_counts(rows, names):
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "cells.pickle")
+        with beam.Pipeline() as p:
+            _ = (p | beam.Create(rows) | beam_mi.CountOfCounts(names)
+                 | beam.combiners.ToList()
+                 | beam.Map(lambda cells: pickle.dump(cells, open(path, "wb"))))
+        with open(path, "rb") as f:
+            return dict(pickle.load(f))
+
+
+def _count_of_counts_by_definition(rows, names):
+    """Each table's values' summed item shares, counted per distinct sum, item by item."""
+    def rounded(sums):
+        return tuple(round(x, 9) for x in sums)
+
+    def table(pairs):                      # [(values, weight)] -> {value: summed shares}
+        sums = {}
+        for values, w in pairs:
+            u = w / len(values)
+            for v in values:
+                old = sums.get(v, (0.0, 0.0, 0.0, 0.0))
+                sums[v] = (old[0] + u, old[1] + 1, old[2] + u * u, old[3] + u * math.log(u))
+        return sums
+
+    out = {}
+
+    def count(key, sums):
+        for s in sums.values():
+            cell = (*key, rounded(s))
+            out[cell] = out.get(cell, 0.0) + 1.0
+
+    for f in names:
+        count(("vhist", f), table([(r[f], w) for r, w in rows if r[f]]))
+    for f, g in itertools.combinations(sorted(names), 2):
+        both = [(r, w) for r, w in rows if r[f] and r[g]]
+        if both:
+            out[("pairitems", (f, g))] = float(len(both))
+        count(("lefthist", (f, g)), table([(r[f], w) for r, w in both]))
+        count(("righthist", (f, g)), table([(r[g], w) for r, w in both]))
+    return out
+
+
+def test_count_of_counts_with_empty_cells_matches_the_definition():
+    rng = np.random.default_rng(11)
+    names = ["a", "b", "c", "d"]
+    rows = []
+    for _ in range(400):
+        row = {}
+        for f, (size, empty) in zip(names, [(5, 0.0), (8, 0.3), (4, 0.5), (30, 0.1)]):
+            n = 0 if rng.random() < empty else int(rng.integers(1, 4))
+            row[f] = sorted({b"%s%d" % (f.encode(), x) for x in rng.integers(0, size, n)})
+        rows.append((row, float(rng.choice([1.0, 2.0, 0.5]))))
+    got = _count_of_counts(rows, names)
+    want = _count_of_counts_by_definition(rows, names)
+    assert {k for k in want if k[0] == "righthist"}        # pairs with empty sides exist
+    assert got == pytest.approx(want)

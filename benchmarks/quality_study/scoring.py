@@ -30,7 +30,7 @@ from components.evaluate.metrics import (
     recall_at_k,
 )
 from components.evaluate.report import OVERALL
-from components.index.search import normalize
+from components.index.search import SCORE_BLOCK, normalize
 from components.trainer import data
 from transforms import features
 from transforms.spec import DatasetSpec
@@ -39,7 +39,6 @@ from transforms.spec import DatasetSpec
 METRICS: dict[str, Callable[[np.ndarray, int], float]] = {
     RecallAtK.KIND: recall_at_k, MeanAveragePrecisionAtK.KIND: map_at_k}
 EMBED_BATCH = 16384
-SCORE_BATCH = 8192
 
 
 def own_item_key(spec: DatasetSpec) -> Optional[str]:
@@ -145,8 +144,9 @@ class Evaluation:
         items = _embed(model.item_embedding, self.catalog.features, len(self.catalog.ids))
         queries = _embed(model.query_embedding, self.queries, len(self.positive))
         ranks = np.empty(len(self.positive), np.int64)
-        for start in range(0, len(queries), SCORE_BATCH):
-            part = slice(start, start + SCORE_BATCH)
+        step = max(1, SCORE_BLOCK // len(items))    # as the index's brute force: bounded memory
+        for start in range(0, len(queries), step):
+            part = slice(start, start + step)
             scores = exclude_own(queries[part] @ items.T, self.own[part])
             ranks[part] = positive_ranks(scores, self.positive[part])
         return ranks

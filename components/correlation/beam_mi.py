@@ -29,6 +29,8 @@ import zlib
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
+from apache_beam.transforms.window import GlobalWindows
+from apache_beam.utils.windowed_value import WindowedValue
 
 from components.correlation import estimator
 
@@ -59,6 +61,51 @@ class SumsFn(beam.CombineFn):
     def extract_output(self, acc: tuple[float, float, int]) -> tuple[float, float, int]:
         """Returns the sums."""
         return acc
+
+
+class SummedCells(beam.DoFn):
+    """``cells(element)``'s ``(key, value)`` pairs, summed in the worker before the shuffle.
+
+    An item emits hundreds of cells (every feature pair's value pairs); adding
+    them into a dict here costs a fraction of passing each one on to a
+    combiner. Partial sums are flushed at ``max_keys`` keys and at the end of
+    the bundle; a ``CombinePerKey`` downstream adds the partial sums.
+
+    Args:
+      cells: element -> iterable of ``(key, value)``.
+      width: 0 for float values, else the length of tuple values added
+        element-wise.
+      max_keys: keys held before a flush.
+    """
+
+    def __init__(self, cells: Any, width: int = 0, max_keys: int = 200_000) -> None:
+        super().__init__()
+        self.cells, self.width, self.max_keys = cells, width, max_keys
+        self.sums: dict[Any, Any] = {}
+
+    def start_bundle(self) -> None:
+        """Starts empty sums."""
+        self.sums = {}
+
+    def process(self, element: Any) -> Iterator[tuple[Any, Any]]:
+        """Adds the element's cells; flushes the sums when they hold ``max_keys`` keys."""
+        sums = self.sums
+        if self.width:
+            for key, value in self.cells(element):
+                old = sums.get(key)
+                sums[key] = value if old is None else tuple(map(float.__add__, old, value))
+        else:
+            for key, value in self.cells(element):
+                sums[key] = sums.get(key, 0.0) + value
+        if len(sums) >= self.max_keys:
+            yield from sums.items()
+            self.sums = {}
+
+    def finish_bundle(self) -> Iterator[WindowedValue]:
+        """Flushes the bundle's sums."""
+        for kv in self.sums.items():
+            yield GlobalWindows.windowed_value(kv)
+        self.sums = {}
 
 
 def _hashed(values: Sequence[bytes], buckets: int | None) -> list[bytes]:
@@ -107,54 +154,104 @@ def _share(w: float, values: Sequence[bytes]) -> tuple[float, float, float, floa
 
 
 def _members(item: tuple[dict[str, list[bytes]], float]) -> Iterator[tuple[Any, Any]]:
-    """Per value, its item shares' sums: of each feature, and of each pair's sides.
+    """Per value, its item shares' sums; and what a pair's marginals lack of them.
 
-    Keys: ``("v", f, value)`` for a feature's own table; ``("p", f, g, side,
-    value)`` for the marginals of pair ``(f, g)`` over items where both have
-    values, with ``("pairitems", (f, g))`` counting those items.
+    A pair ``(f, g)``'s marginals are over the items where both features
+    have values, so they equal the features' own marginals except for the
+    items where one side is empty. Keys: ``("v", f, value)`` for a feature's
+    own table; ``("minus", f, g, value)`` for value shares of ``f`` on items
+    where ``g`` is empty (to subtract); ``("filled", features)`` counting
+    the items with exactly those features non-empty. An item thus emits per
+    value, not per pair and value.
     """
     row, w = item
     if w <= 0:
         return
-    for f, values in row.items():
+    filled = tuple(sorted(f for f, values in row.items() if values))
+    yield ("filled", filled), (1.0, 0.0, 0.0, 0.0)
+    empty = [f for f, values in row.items() if not values]
+    for f in filled:
+        values = row[f]
+        share = _share(w, values)
         for v in values:
-            yield ("v", f, v), _share(w, values)
-    for f, g in itertools.combinations(sorted(row), 2):
-        a, b = row[f], row[g]
-        if a and b:
-            yield ("pairitems", (f, g)), (1.0, 0.0, 0.0, 0.0)
-            for v in a:
-                yield ("p", f, g, 0, v), _share(w, a)
-            for v in b:
-                yield ("p", f, g, 1, v), _share(w, b)
+            yield ("v", f, v), share
+            for g in empty:
+                yield ("minus", f, g, v), share
 
 
-def _add(values: Iterable[tuple[float, ...]]) -> tuple[float, ...]:
-    out = (0.0, 0.0, 0.0, 0.0)
+def _add(values: Iterable[tuple[float, ...]]) -> tuple[float, float, float, float]:
+    a = b = c = d = 0.0
     for v in values:
-        out = tuple(x + y for x, y in zip(out, v))
-    return out
+        a, b, c, d = a + v[0], b + v[1], c + v[2], d + v[3]
+    return a, b, c, d
 
 
-def _histogram_key(kv: tuple[Any, tuple[float, ...]]) -> tuple[Any, float]:
-    """A value's summed shares -> the key of its count-of-counts cell."""
-    key, sums_ = kv
-    if key[0] == "pairitems":
-        return key, sums_[0]
-    table = ("vhist", key[1]) if key[0] == "v" else (
-        ("lefthist", "righthist")[key[3]], (key[1], key[2]))
-    return (*table, tuple(_rounded(x) for x in sums_)), 1.0
+def _pair_side(f: str, g: str) -> tuple[str, tuple[str, str]]:
+    """The count-of-counts table of ``f``'s side of pair ``{f, g}``."""
+    return ("lefthist", (f, g)) if f < g else ("righthist", (g, f))
+
+
+def _histogram_cells(kv: tuple[Any, Iterable[Any]], names: Sequence[str]
+                     ) -> Iterator[tuple[Any, float]]:
+    """One value's summed shares -> its count-of-counts cells.
+
+    The value ``(f, v)`` counts once in ``f``'s table and once on ``f``'s
+    side of every pair; where ``f``'s shares on items with ``g`` empty are
+    subtracted, the pair's cell moves to the difference (or goes, when no
+    item is left).
+    """
+    (f, _), grouped = kv
+    total, minus = None, {}
+    for tag, value in grouped:
+        if tag == "v":
+            total = value
+        else:
+            minus[value[0]] = value[1]
+    if total is None:
+        return
+    key = tuple(_rounded(x) for x in total)
+    yield ("vhist", f, key), 1.0
+    for g in names:
+        if g == f:
+            continue
+        if g in minus:
+            rest = tuple(x - y for x, y in zip(total, minus[g]))
+            if rest[1] < 0.5:                       # no item of this value has g
+                continue
+            yield (*_pair_side(f, g), tuple(_rounded(x) for x in rest)), 1.0
+        else:
+            yield (*_pair_side(f, g), key), 1.0
+
+
+def _pair_items(kv: tuple[Any, tuple[float, ...]]) -> Iterator[tuple[Any, float]]:
+    """Items with a set of non-empty features -> their count for every pair in the set."""
+    (_, filled), sums_ = kv
+    for pair in itertools.combinations(filled, 2):
+        yield ("pairitems", pair), sums_[0]
 
 
 @beam.ptransform_fn
 def CountOfCounts(  # noqa: N802  pylint: disable=invalid-name
-    prepared: beam.PCollection,
+    prepared: beam.PCollection, names: Sequence[str],
 ) -> beam.PCollection:
-    """Prepared items -> count-of-counts cells of every marginal, and pair item counts."""
-    return (prepared
-            | "Members" >> beam.FlatMap(_members)
-            | "SumMembers" >> beam.CombinePerKey(_add)
-            | "HistogramKey" >> beam.Map(_histogram_key)
+    """Prepared items -> count-of-counts cells of every marginal, and pair item counts.
+
+    Args:
+      prepared: ``(row, weight)`` with every feature of ``names`` in ``row``.
+      names: the features.
+    """
+    sums = (prepared
+            | "Members" >> beam.ParDo(SummedCells(_members, width=4))
+            | "SumMembers" >> beam.CombinePerKey(_add))
+    items = (sums | "Filled" >> beam.Filter(lambda kv: kv[0][0] == "filled")
+             | "PairItems" >> beam.FlatMap(_pair_items))
+    by_value = (sums | "NotFilled" >> beam.Filter(lambda kv: kv[0][0] != "filled")
+                | "ByValue" >> beam.Map(lambda kv: (
+                    (kv[0][1], kv[0][-1]),
+                    ("v", kv[1]) if kv[0][0] == "v" else ("minus", (kv[0][2], kv[1]))))
+                | "GroupByValue" >> beam.GroupByKey()
+                | "HistogramCells" >> beam.FlatMap(_histogram_cells, names))
+    return ((items, by_value) | "AllCells" >> beam.Flatten()
             | "SumHistogram" >> beam.CombinePerKey(sum))
 
 
@@ -186,19 +283,19 @@ def CorrelationSums(  # noqa: N802  pylint: disable=invalid-name
               | "TooMany" >> beam.Filter(lambda kv: kv[1] > max_values)
               | "Buckets" >> beam.Map(lambda kv: (kv[0], max_values)))
     prepared = items | "Prepare" >> beam.Map(_prepared, names, beam.pvalue.AsDict(hashed))
-    values = (prepared | "ValueCells" >> beam.FlatMap(_value_cells)
+    values = (prepared | "ValueCells" >> beam.ParDo(SummedCells(_value_cells))
               | "SumValueCells" >> beam.CombinePerKey(sum))
     marginal = (values | "ByFeature" >> beam.Map(lambda kv: (kv[0][0], kv[1]))
                 | "FeatureSums" >> beam.CombinePerKey(SumsFn())
                 | "TagFeature" >> beam.Map(lambda kv: (("h", kv[0]), kv[1])))
-    id_terms = (prepared | "IdTerms" >> beam.FlatMap(_id_terms)
+    id_terms = (prepared | "IdTerms" >> beam.ParDo(SummedCells(_id_terms))
                 | "SumIdTerms" >> beam.CombinePerKey(sum))
-    joint = (prepared | "PairCells" >> beam.FlatMap(_pair_cells)
+    joint = (prepared | "PairCells" >> beam.ParDo(SummedCells(_pair_cells))
              | "SumPairCells" >> beam.CombinePerKey(sum))
     outs = [marginal, id_terms,
             distinct | "TagDistinct" >> beam.Map(lambda kv: (("distinct", kv[0]), kv[1])),
             hashed | "TagHashed" >> beam.Map(lambda kv: (("hashed", kv[0]), kv[1])),
-            prepared | "CountOfCounts" >> CountOfCounts()]
+            prepared | "CountOfCounts" >> CountOfCounts(names)]
     for label, key_fn in (("joint", lambda k: (k[0], k[1])),
                           ("left", lambda k: (k[0], k[1], k[2])),
                           ("right", lambda k: (k[0], k[1], k[3]))):
