@@ -35,6 +35,8 @@ def prepare(name: str) -> None:
     dataset = protocol.DATASETS[name]
     if os.path.exists(os.path.join(dataset.root, "metadata.sqlite")):
         return
+    if os.path.exists(dataset.spec) and not any(c[0] == "run" for c in dataset.commands):
+        return                                   # a generated dataset the study runs no pipeline on
     if name in protocol.COLD_SOURCE and not os.path.exists(dataset.spec):
         prepare_cold_spec(protocol.COLD_SOURCE[name], dataset.spec)
     for command in dataset.commands:
