@@ -22,7 +22,9 @@ Protocol (also written to the results page):
 * **Validation**, carved out of each regime's training pairs (seeded,
   after sorting the joined rows): every row of 5% of the items (uniform
   over items; validation's cold slice) and 10% of the other rows (its
-  overall slice); at most 30,000 validation rows are scored. The pipeline's eval split is the test
+  overall slice); at most 30,000 validation rows are scored. Validation's
+  cold items never train, so their rows in the test split count as cold
+  there too. The pipeline's eval split is the test
   split and chooses nothing.
 * **Step budget** (one rule for every variant): each run trains its
   regime's step budget and is scored on validation at fixed checkpoints; a

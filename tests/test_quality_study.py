@@ -121,3 +121,15 @@ def test_default_section_has_one_column_per_guard_regime():
              if line.startswith("|")]
     assert len({line.count("|") for line in table}) == 1          # header, rule and rows agree
     assert table[-1] == "| cfm | +3.3% | -5.0% | -5.0% | yes |"
+
+
+def test_default_rule_without_a_measurable_baseline():
+    regimes = [*protocol.COLD_GUARD_REGIMES, "ml1m_full"]
+    values = _values({"baseline": (0.30, 0.0), "cfm": (0.31, 0.01)})
+    out = report.default_rule(values, ["baseline", "cfm"], regimes)
+    assert out["default_rule_cfm_eligible"] is False           # no cold loss can be measured
+    assert out[f"default_rule_cfm_{regimes[0]}_cold_validation_gain"] is None
+    assert out[report.DEFAULT_KEY] == "baseline"
+    assert report.default_rule(values, ["cfm"], regimes)[report.DEFAULT_KEY] is None
+    section = report._default_section({**values, **out}, ["baseline", "cfm"])
+    assert "| cfm | +3.3% | n/a | n/a | no |" in section

@@ -154,7 +154,8 @@ class Regime:
         catalog split, and the study's training split (written under ``work``).
       correlation: the FeatureCorrelation artefact's content.
       validation, test: the validation (its cold items' rows in the cold
-        slice) and test (the pipeline's eval split) evaluations.
+        slice only) and test (the pipeline's eval split; the validation's cold
+        items are cold there too) evaluations.
       sizes: pairs in ``train``, ``validation`` (scored) and ``test``, and the
         validation's cold items.
     """
@@ -173,9 +174,10 @@ class Regime:
         tft_out = tft.TFTransformOutput(self.transform_dir)
         catalog = Catalog(read_split(self.catalog_dir), tft_out, self.spec)
         self.validation = Evaluation(split.validation, catalog, tft_out, self.spec,
-                                     cold_items=split.cold_items)
+                                     cold_items=split.cold_items, warm_overall=True)
+        # Validation's cold items never train: their test rows are cold too.
         self.test = Evaluation(read_split(features.split_dir(examples, features.EVAL_SPLIT)),
-                               catalog, tft_out, self.spec)
+                               catalog, tft_out, self.spec, cold_items=split.cold_items)
         self.sizes = {"train": len(split.train), "validation": len(split.validation),
                       "validation_cold_items": len(split.cold_items),
                       "test": len(self.test.positive)}

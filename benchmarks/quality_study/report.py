@@ -1,18 +1,21 @@
 """The study's results: flat keys of ``results/quality.json``, the page and its chart.
 
 Keys (flat, as ``benchmarks/common.write_results`` writes them): the
-protocol's numbers; ``<regime>_<name>_pairs`` and ``<regime>_max_steps``;
-``<variant>_chosen_<setting>``; per regime and variant the chosen and
+protocol's numbers; ``<regime>_<split>_pairs``,
+``<regime>_validation_cold_items`` and ``<regime>_max_steps``;
+``<regime>_<variant>_<setting>``; per regime and variant the chosen and
 trained steps and, for every score key (``<slice>_<metric>``),
-``..._mean`` and ``..._std`` over seeds; the test examples by slice; each
-variant's relative Recall@K gain over the baseline by slice; and each
-validation search as ``search_<NN>_*``.
+``..._mean`` and ``..._std`` over seeds, of the test split and (under
+``<regime>_<variant>_validation_``) of validation; the test examples by
+slice; each variant's relative Recall@K gain over the baseline by slice;
+each validation search as ``search_<NN>_*``; the default-variant rule's
+inputs and choice (:func:`default_rule`).
 """
 
 from __future__ import annotations
 
 import os
-from typing import Mapping
+from typing import Mapping, Optional
 
 import numpy as np
 
@@ -83,7 +86,8 @@ def flatten(results: dict, chosen: dict, searches: list, variants: list[str],
                               "budget_min_gain": protocol.BUDGET_MIN_GAIN}
     for regime, spec in regimes.items():
         for name, size in sizes[regime].items():
-            out[_key(regime, name, "pairs")] = size
+            out[_key(regime, name) if name.endswith("_items") else _key(regime, name, "pairs")
+                ] = size
         out[_key(regime, "max_steps")] = spec.start_steps
     for regime in regimes:
         for variant in variants:
@@ -140,9 +144,10 @@ def default_rule(values: Mapping[str, object], variants: list[str], regimes: lis
 
     Eligible: every variant whose cold-slice validation Recall@K is at most
     ``COLD_MAX_LOSS`` below the baseline's on each regime of
-    ``COLD_GUARD_REGIMES`` that ran. Chosen: the eligible variant with the
-    best mean (over ``regimes``) relative overall validation gain over the
-    baseline (the baseline's gain is 0).
+    ``COLD_GUARD_REGIMES`` that ran (not eligible where the baseline's is
+    0: no loss can be measured). Chosen: the eligible variant with the best
+    mean (over ``regimes``) relative overall validation gain over the
+    baseline (the baseline's gain is 0); None without the baseline.
 
     Returns:
       ``default_variant`` and, per variant, ``default_rule_<variant>_eligible``,
@@ -153,20 +158,28 @@ def default_rule(values: Mapping[str, object], variants: list[str], regimes: lis
     guards = [r for r in protocol.COLD_GUARD_REGIMES if r in regimes]
     out: dict[str, object] = {"default_rule_cold_max_loss": protocol.COLD_MAX_LOSS,
                               "default_rule_guard_regimes": ",".join(guards)}
+    if base not in variants:
+        out[DEFAULT_KEY] = None                 # the rule is relative to the baseline
+        return out
+
+    def gain(regime: str, variant: str, slice_name: str) -> Optional[float]:
+        ref = _validation(values, regime, base, slice_name)
+        return _validation(values, regime, variant, slice_name) / ref - 1 if ref else None
+
     best, best_gain = base, 0.0
     for v in variants:
-        gain = float(np.mean([_validation(values, r, v, OVERALL) / _validation(
-            values, r, base, OVERALL) - 1 for r in regimes]))
+        overall = [g for g in (gain(r, v, OVERALL) for r in regimes) if g is not None]
+        mean = float(np.mean(overall)) if overall else 0.0
         eligible = True
         for r in guards:
-            cold = _validation(values, r, v, features.COLD) / _validation(
-                values, r, base, features.COLD) - 1
-            out[_key("default_rule", v, r, "cold_validation_gain")] = round(cold, 4)
-            eligible &= cold >= -protocol.COLD_MAX_LOSS
-        out[_key("default_rule", v, "overall_validation_gain")] = round(gain, 4)
+            cold = gain(r, v, features.COLD)
+            out[_key("default_rule", v, r, "cold_validation_gain")] = (
+                None if cold is None else round(cold, 4))
+            eligible &= v == base or (cold is not None and cold >= -protocol.COLD_MAX_LOSS)
+        out[_key("default_rule", v, "overall_validation_gain")] = round(mean, 4)
         out[_key("default_rule", v, "eligible")] = bool(eligible)
-        if eligible and gain > best_gain:
-            best, best_gain = v, gain
+        if eligible and mean > best_gain:
+            best, best_gain = v, mean
     out[DEFAULT_KEY] = best
     return out
 
@@ -232,21 +245,28 @@ def _default_section(values: Mapping[str, object], variants: list[str]) -> list[
     """The default-variant rule, its inputs per variant, and its choice."""
     guards = [g for g in str(values["default_rule_guard_regimes"]).split(",") if g]
     loss = values["default_rule_cold_max_loss"]
-    lines = ["## The pipeline's default variant", "",
-             f"Rule (validation only): among the variants whose cold-item validation {GATE_TITLE}"
-             f" is at most {loss:.0%} below the baseline's on "
-             + " and ".join(f"`{g}`" for g in guards)
-             + f", the best mean relative overall validation {GATE_TITLE} gain over the "
-             f"baseline across the regimes. Chosen: **`{values[DEFAULT_KEY]}`**.", "",
-             "| " + " | ".join(["variant", "mean overall validation gain",
-                                *(f"cold validation gain, {g}" for g in guards),
-                                "eligible"]) + " |",
-             "|---|---|" + "---|" * len(guards) + "---|"]
+    lines = ["## The pipeline's default variant", ""]
+    if values[DEFAULT_KEY] is None:
+        return lines + ["The default-variant rule needs the baseline; it did not run.", ""]
+    where = (" on " + " and ".join(f"`{g}`" for g in guards)) if guards else (
+        " (no cold-item regime ran)")
+    lines += [f"Rule (validation only): among the variants whose cold-item validation "
+              f"{GATE_TITLE} is at most {loss:.0%} below the baseline's{where}, the best mean "
+              f"relative overall validation {GATE_TITLE} gain over the baseline across the "
+              f"regimes. Chosen: **`{values[DEFAULT_KEY]}`**.", "",
+              "| " + " | ".join(["variant", "mean overall validation gain",
+                                 *(f"cold validation gain, {g}" for g in guards),
+                                 "eligible"]) + " |",
+              "|---|---|" + "---|" * len(guards) + "---|"]
+
+    def percent(x: object) -> str:
+        return "n/a" if x is None else f"{x:+.1%}"
+
     for v in variants:
-        cold = [f"{values[_key('default_rule', v, g, 'cold_validation_gain')]:+.1%}"
+        cold = [percent(values[_key("default_rule", v, g, "cold_validation_gain")])
                 for g in guards]
         lines.append("| " + " | ".join([
-            v, f"{values[_key('default_rule', v, 'overall_validation_gain')]:+.1%}", *cold,
+            v, percent(values[_key("default_rule", v, "overall_validation_gain")]), *cold,
             "yes" if values[_key("default_rule", v, "eligible")] else "no"]) + " |")
     return lines + [""]
 

@@ -115,12 +115,14 @@ class Evaluation:
       bucket: [Q] the positive item's bucket (head / tail / cold; "" if absent);
         ``cold_items`` (raw ids, held out of training by the study) are cold.
       overall: [Q] the rows of the overall slice, or None (every row). With
-        ``cold_items``, the rows of the other items (the warm share of the
-        pairs); the held-out items' rows are in the cold slice only.
+        ``warm_overall``, the rows of items other than ``cold_items`` (for
+        validation: the warm share of the pairs; the held-out items' rows
+        are in its cold slice only).
     """
 
     def __init__(self, records: np.ndarray, catalog: Catalog, tft_out: tft.TFTransformOutput,
-                 spec: DatasetSpec, cold_items: frozenset = frozenset()) -> None:
+                 spec: DatasetSpec, cold_items: frozenset = frozenset(),
+                 warm_overall: bool = False) -> None:
         self.catalog = catalog
         self.queries = data.transformed_decoder(tft_out)(tf.constant(list(records)))
         id_key, own_key = features.item_key(spec.item_id), own_item_key(spec)
@@ -137,7 +139,7 @@ class Evaluation:
                                dtype=object)
         held_out = np.array([_first(r, id_key) in cold_items for r in rows], bool)
         self.bucket[held_out] = features.COLD
-        self.overall = ~held_out if cold_items else None
+        self.overall = ~held_out if warm_overall else None
 
     def ranks(self, model: Any) -> np.ndarray:
         """[Q] 0-based rank of each query's positive among the catalog, own item left out."""
