@@ -339,3 +339,26 @@ def test_count_of_counts_with_empty_cells_matches_the_definition():
     want = _count_of_counts_by_definition(rows, names)
     assert {k for k in want if k[0] == "righthist"}        # pairs with empty sides exist
     assert got == pytest.approx(want)
+
+
+def test_summed_cells_refuse_windowed_input():
+    with pytest.raises(Exception, match="global window"):
+        with beam.Pipeline() as p:
+            _ = (p | beam.Create([1, 2])
+                 | beam.Map(lambda x: beam.window.TimestampedValue(x, x))
+                 | beam.WindowInto(beam.window.FixedWindows(10))
+                 | beam.ParDo(beam_mi.SummedCells(lambda x: [(x, 1.0)])))
+
+
+def test_summed_cells_add_partial_sums_across_flushes():
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, "sums.pickle")
+        with beam.Pipeline() as p:
+            _ = (p | beam.Create(list(range(20)))
+                 | beam.ParDo(beam_mi.SummedCells(lambda x: [(x % 3, 1.0), ("all", x)],
+                                                  max_keys=2))
+                 | beam.CombinePerKey(sum) | beam.combiners.ToList()
+                 | beam.Map(lambda kv: pickle.dump(dict(kv), open(path, "wb"))))
+        with open(path, "rb") as f:
+            got = pickle.load(f)
+    assert got == {0: 7.0, 1: 7.0, 2: 6.0, "all": 190.0}

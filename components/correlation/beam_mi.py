@@ -29,7 +29,7 @@ import zlib
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import apache_beam as beam
-from apache_beam.transforms.window import GlobalWindows
+from apache_beam.transforms.window import GlobalWindow, GlobalWindows
 from apache_beam.utils.windowed_value import WindowedValue
 
 from components.correlation import estimator
@@ -87,8 +87,17 @@ class SummedCells(beam.DoFn):
         """Starts empty sums."""
         self.sums = {}
 
-    def process(self, element: Any) -> Iterator[tuple[Any, Any]]:
-        """Adds the element's cells; flushes the sums when they hold ``max_keys`` keys."""
+    def process(self, element: Any, window: Any = beam.DoFn.WindowParam
+                ) -> Iterator[tuple[Any, Any]]:
+        """Adds the element's cells; flushes the sums when they hold ``max_keys`` keys.
+
+        Raises:
+          ValueError: the element is not in the global window (the bundle's
+            sums are emitted there).
+        """
+        if not isinstance(window, GlobalWindow):
+            raise ValueError(f"SummedCells sums a bundle in the global window; got an element "
+                             f"in {window}: apply it before any windowing.")
         sums = self.sums
         if self.width:
             for key, value in self.cells(element):
