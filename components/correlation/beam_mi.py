@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import operator
 import zlib
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -73,14 +74,13 @@ class SummedCells(beam.DoFn):
 
     Args:
       cells: element -> iterable of ``(key, value)``.
-      width: 0 for float values, else the length of tuple values added
-        element-wise.
+      add: adds two values of a key (default ``+``, for floats).
       max_keys: keys held before a flush.
     """
 
-    def __init__(self, cells: Any, width: int = 0, max_keys: int = 200_000) -> None:
+    def __init__(self, cells: Any, add: Any = operator.add, max_keys: int = 200_000) -> None:
         super().__init__()
-        self.cells, self.width, self.max_keys = cells, width, max_keys
+        self.cells, self.add, self.max_keys = cells, add, max_keys
         self.sums: dict[Any, Any] = {}
 
     def start_bundle(self) -> None:
@@ -98,14 +98,10 @@ class SummedCells(beam.DoFn):
         if not isinstance(window, GlobalWindow):
             raise ValueError(f"SummedCells sums a bundle in the global window; got an element "
                              f"in {window}: apply it before any windowing.")
-        sums = self.sums
-        if self.width:
-            for key, value in self.cells(element):
-                old = sums.get(key)
-                sums[key] = value if old is None else tuple(map(float.__add__, old, value))
-        else:
-            for key, value in self.cells(element):
-                sums[key] = sums.get(key, 0.0) + value
+        sums, add = self.sums, self.add
+        for key, value in self.cells(element):
+            old = sums.get(key)
+            sums[key] = value if old is None else add(old, value)
         if len(sums) >= self.max_keys:
             yield from sums.items()
             self.sums = {}
@@ -195,6 +191,10 @@ def _add(values: Iterable[tuple[float, ...]]) -> tuple[float, float, float, floa
     return a, b, c, d
 
 
+def _add_two(x: tuple[float, ...], y: tuple[float, ...]) -> tuple[float, float, float, float]:
+    return x[0] + y[0], x[1] + y[1], x[2] + y[2], x[3] + y[3]
+
+
 def _pair_side(f: str, g: str) -> tuple[str, tuple[str, str]]:
     """The count-of-counts table of ``f``'s side of pair ``{f, g}``."""
     return ("lefthist", (f, g)) if f < g else ("righthist", (g, f))
@@ -250,7 +250,7 @@ def CountOfCounts(  # noqa: N802  pylint: disable=invalid-name
       names: the features.
     """
     sums = (prepared
-            | "Members" >> beam.ParDo(SummedCells(_members, width=4))
+            | "Members" >> beam.ParDo(SummedCells(_members, add=_add_two))
             | "SumMembers" >> beam.CombinePerKey(_add))
     items = (sums | "Filled" >> beam.Filter(lambda kv: kv[0][0] == "filled")
              | "PairItems" >> beam.FlatMap(_pair_items))
