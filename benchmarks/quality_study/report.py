@@ -43,8 +43,8 @@ REGIME_TITLES = {
                   f"{protocol.COLD_ITEM_PERCENT}% of the items held out (cold), 10% of the "
                   "training data",
 }
-#: The settings a variant's chosen values can have, in the page's column order.
-SETTINGS = ("temperature", "alpha", "ssl_temperature", "feature_dropout_rate")
+#: The settings a variant's chosen values can have: the searched ones.
+SETTINGS = tuple(protocol.GRIDS)
 DEFAULT_KEY = "default_variant"
 #: Suffix of a search's seed-mean validation scores (the selection metric, by grid value).
 VALIDATION_SCORES = f"_validation_{GATE_METRIC}"
