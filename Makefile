@@ -27,10 +27,10 @@ run: install
 	$(BIN)/python -m pipeline run --dataset $(DATA)/dataset.yaml --run-root $(RUN_ROOT) --eval-slice genres
 
 test: install lint
-	$(BIN)/python -m pytest tests
+	$(BIN)/python -m pytest tests -n 2
 
 test-fast: install
-	$(BIN)/python -m pytest tests -m "not slow"
+	$(BIN)/python -m pytest tests -m "not slow" -n 2
 
 lint: install
 	$(BIN)/ruff check .

@@ -53,14 +53,17 @@ Protocol (also written to the results page):
   Recall@50 at most 10% below the baseline's on ``ml1m_cold_items`` and
   ``rich_full``; then the best mean overall validation gain).
 
-Finished runs are cached in ``<work>/runs-cold-validation.json``: a re-run
-continues.
+Finished runs are cached in ``--runs-file`` (by default
+``benchmarks/results/quality_runs.json``, committed with the results: the
+raw record behind every number, and a re-run continues from it); their
+weights in ``<work>/weights``.
 
 Environment: ``QUALITY_SMOKE=1`` checks this script end to end in minutes
 instead of hours: every regime starts at 500 steps with a checkpoint every
 250 (``protocol.smoke_regimes``); the protocol is otherwise unchanged. Its
 numbers mean nothing, and it writes ``benchmarks/results/quality.*`` like
-a real run: give it its own ``--work`` folder and restore the results
+a real run: it keeps its runs in ``<work>/runs.json``; give it its own
+``--work`` folder and restore the results
 files afterwards (``git checkout benchmarks/results/quality.*``).
 
 Run from the repository root: ``python benchmarks/quality.py``.
@@ -84,6 +87,8 @@ from pipeline import nodes  # noqa: E402
 from pipeline.datasets import stats  # noqa: E402
 
 SMOKE_ENV = "QUALITY_SMOKE"
+#: The run cache of the real study, committed with its results.
+RUNS_FILE = "benchmarks/results/quality_runs.json"
 #: The variants the study trains by default: the baselines, the paper's
 #: methods and the combined ones (the ablations of ``cfm`` on request).
 STUDIED = ("baseline", "fd", "so", "mns", "rfm", "cfm", "mns_cfm", "mns_so")
@@ -96,6 +101,9 @@ def _args() -> argparse.Namespace:
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--variants", default=",".join(STUDIED))
     parser.add_argument("--regimes", default=",".join(protocol.REGIMES))
+    parser.add_argument("--runs-file", default=None,
+                        help=f"the run cache (default {RUNS_FILE}; with {SMOKE_ENV}, "
+                             "<work>/runs.json)")
     parser.add_argument("--workers", type=int, default=2,
                         help="training processes (one TF thread each)")
     return parser.parse_args()
@@ -122,14 +130,16 @@ def _long_tail() -> dict[str, float]:
 def main() -> None:
     """Prepares the data; per regime tunes, fixes step budgets and tests; writes results."""
     args = _args()
-    table = (protocol.smoke_regimes() if os.environ.get(SMOKE_ENV) else protocol.REGIMES)
+    smoke = bool(os.environ.get(SMOKE_ENV))
+    table = protocol.smoke_regimes() if smoke else protocol.REGIMES
+    runs_file = args.runs_file or (os.path.join(args.work, "runs.json") if smoke else RUNS_FILE)
     variants = [v for v in args.variants.split(",") if v]
     regimes = [r for r in args.regimes.split(",") if r]
     # The page names MovieLens-1M's CFM groups and both catalogs' long-tail statistics.
     for dataset in sorted({table[r].dataset for r in regimes} | {protocol.ML1M, protocol.RICH}):
         prepare(dataset)
     os.makedirs(args.work, exist_ok=True)
-    study = Study(args.work, args.workers, table)
+    study = Study(args.work, args.workers, table, runs_file)
     seeds = list(range(args.seeds))
     chosen, results = {}, {}
     for regime in regimes:

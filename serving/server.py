@@ -27,6 +27,9 @@ warnings, tracebacks) goes to the log, ``<--log-dir>/serve-<local time>-<pid>.lo
 model folders: those may be remote (``gs://``) or read-only, and the
 pipeline lists its serving folder's entries as the served models.
 A failure to start prints its reason and the log's path, exit code 1.
+SIGINT (Ctrl-C) and SIGTERM (how Kubernetes stops a pod) stop both servers
+and exit 0, whatever signal state the parent process left blocked or
+ignored.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import sys
 import threading
 import time
@@ -191,12 +195,31 @@ def load_line(report: LoadReport) -> str:
     return f"{stamp} loaded {report.model} version {report.version} in {report.seconds:.1f} s"
 
 
+#: The signals that stop the endpoint.
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+
+def _stop_on_signals() -> threading.Event:
+    """An event set by SIGINT or SIGTERM.
+
+    Both are unblocked and handled here: a child inherits its parent's
+    blocked signals and ignored ones (a test runner's thread, a shell's
+    background job, ``nohup``-like wrappers), and an endpoint that cannot be
+    stopped cleanly is killed with its requests in flight.
+    """
+    stop = threading.Event()
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, STOP_SIGNALS)
+    for number in STOP_SIGNALS:
+        signal.signal(number, lambda *_: stop.set())
+    return stop
+
+
 def _serve(out: console.Console, bases: dict[str, str], options: Options) -> int:
     """Starts the endpoint and serves until interrupted; returns the exit code."""
     out.say(f"Log: {out.log_path}" + ("" if out.verbose else " (--verbose streams it)"))
     logging.basicConfig(level=logging.INFO)
     sys.setswitchinterval(SWITCH_INTERVAL_S)
-    server = None
+    server, stop = None, _stop_on_signals()
     try:
         import scann  # noqa: F401  registers ScaNN's ops before any model loads
 
@@ -208,7 +231,7 @@ def _serve(out: console.Console, bases: dict[str, str], options: Options) -> int
                         f"yet (checked every {options.poll_seconds:g} s)")
         out.say(f"serving {sorted(bases)}: REST http://{options.host}:{server.rest_port} "
                 f"gRPC {options.host}:{server.grpc_port}", stream=console.STDOUT)
-        threading.Event().wait()
+        stop.wait()
     except KeyboardInterrupt:
         return 0
     except Exception as e:  # noqa: BLE001  reported with the log's path, then exit 1

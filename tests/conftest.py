@@ -1,6 +1,7 @@
 """Test setup: Keras 2 for TFT/TFMA, and shared fixture builders."""
 
 import os
+import pathlib
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 # The tests talk to their own servers and Beam workers on loopback: a user's
@@ -43,6 +44,13 @@ TINY_SPEC = textwrap.dedent("""\
     split: {eval_percent: 10, key: user}
     on_bad_input: {malformed_row: reject, unknown_item: reject, duplicate_item: error}
     """)
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_collection_modifyitems(config, items):
+    """The slow tests first, in file order: on parallel workers (``make test``
+    runs the suite on 2) the longest start first."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def write(path: str, text: str) -> str:
@@ -132,6 +140,13 @@ PORTABLE_HPARAMS = {"train_steps": 20, "steps_per_epoch": 10, "batch_size": 32,
                     "share_towers": False, "learning_rate": 0.1}
 
 
+def _shared_root(tmp_path_factory) -> pathlib.Path:
+    """A folder every test process of this session sees: the session's base
+    temporary folder, or with pytest-xdist the one its workers' folders share."""
+    base = tmp_path_factory.getbasetemp()
+    return base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+
+
 @pytest.fixture(scope="session")
 def portable_run(tmp_path_factory):
     """One whole ``python -m pipeline run`` on Beam's portable runner, trained by 2 workers.
@@ -141,7 +156,10 @@ def portable_run(tmp_path_factory):
     starts 2 training worker processes (``--trainer-workers 2``). Returns
     ``(completed process, spec path, run root)``; the console test reads its
     output, the scale-out test compares its data half with the DirectRunner's.
+    The run is made once per session: parallel test workers wait for the
+    first one's run (a file lock) and read its result.
     """
+    import fcntl
     import json
     import subprocess
     import sys
@@ -149,14 +167,25 @@ def portable_run(tmp_path_factory):
     from pipeline import worker_pools
     from pipeline.datasets import synthetic
 
-    root = tmp_path_factory.mktemp("portable")
-    spec_path = synthetic.generate(synthetic.SyntheticConfig(**SCALEOUT_DATA),
-                                   str(root / "data"))
-    run_root = str(root / "run")
-    cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec_path, "--run-root",
-           run_root, "--runner", "beam", "--beam-preset", worker_pools.PORTABLE_LOCAL,
-           "--hparams", json.dumps(PORTABLE_HPARAMS), "--trainer-workers", "2"]
-    env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONHASHSEED="0")
-    # The limit only stops a hang.
-    done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
-    return done, spec_path, run_root
+    root = _shared_root(tmp_path_factory) / "portable"
+    root.mkdir(exist_ok=True)
+    run_root, result = str(root / "run"), root / "result.json"
+    with open(root / "lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not result.exists():
+            spec_path = synthetic.generate(synthetic.SyntheticConfig(**SCALEOUT_DATA),
+                                           str(root / "data"))
+            cmd = [sys.executable, "-m", "pipeline", "run", "--dataset", spec_path,
+                   "--run-root", run_root, "--runner", "beam", "--beam-preset",
+                   worker_pools.PORTABLE_LOCAL, "--hparams", json.dumps(PORTABLE_HPARAMS),
+                   "--trainer-workers", "2"]
+            env = dict(os.environ, TF_USE_LEGACY_KERAS="1", PYTHONHASHSEED="0")
+            # The limit only stops a hang.
+            done = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=3600)
+            result.write_text(json.dumps({"spec_path": spec_path, "args": done.args,
+                                          "returncode": done.returncode,
+                                          "stdout": done.stdout, "stderr": done.stderr}))
+    saved = json.loads(result.read_text())
+    done = subprocess.CompletedProcess(saved["args"], saved["returncode"], saved["stdout"],
+                                       saved["stderr"])
+    return done, saved["spec_path"], run_root

@@ -97,14 +97,15 @@ class _Endpoint:
     alongside (so that no pipe fills up while the test waits).
     """
 
-    def __init__(self, bases, log_dir, *flags, separate=False):
+    def __init__(self, bases, log_dir, *flags, separate=False, preexec_fn=None):
         cmd = [sys.executable, "-m", "serving.server", "--rest-port", "0", "--grpc-port", "0",
                "--log-dir", str(log_dir), *flags]
         for name, base in bases.items():
             cmd += ["--model", f"{name}={base}"]
         self.proc = subprocess.Popen(
             cmd, env=_env(), stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE if separate else subprocess.STDOUT, text=True)
+            stderr=subprocess.PIPE if separate else subprocess.STDOUT, text=True,
+            preexec_fn=preexec_fn)
         self.lines, self.err_lines = [], []
         self._queue = queue.Queue()
         self._readers = [threading.Thread(target=self._read, daemon=True)]
@@ -134,9 +135,9 @@ class _Endpoint:
             if match := pattern.search(line):
                 return match
 
-    def interrupt(self):
-        """Ctrl-C; returns the exit code once every line is read."""
-        self.proc.send_signal(signal.SIGINT)
+    def interrupt(self, number=signal.SIGINT):
+        """Ctrl-C (or signal ``number``); returns the exit code once every line is read."""
+        self.proc.send_signal(number)
         code = self.proc.wait(timeout=120)
         for reader in self._readers:
             reader.join(timeout=60)
@@ -230,6 +231,25 @@ def test_verbose_streams_the_log_and_stdout_holds_only_the_serving_line(bases, t
         log = f.read()
     assert "INFO:root:model tiny: serving version 1" in log
     assert f"[console] {serving.group(0)}\n" in log
+
+
+def _block_and_ignore_stop_signals():
+    """What a parent can leave a child: SIGINT and SIGTERM blocked and ignored."""
+    signal.pthread_sigmask(signal.SIG_BLOCK, server_cli.STOP_SIGNALS)
+    for number in server_cli.STOP_SIGNALS:
+        signal.signal(number, signal.SIG_IGN)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("number", [signal.SIGINT, signal.SIGTERM], ids=["sigint", "sigterm"])
+def test_sigint_and_sigterm_stop_it_whatever_the_parent_left(bases, tmp_path, number):
+    endpoint = _Endpoint({"tiny": bases["tiny"]}, tmp_path / "logs",
+                         preexec_fn=_block_and_ignore_stop_signals)
+    try:
+        endpoint.wait_for(SERVING_LINE)
+        assert endpoint.interrupt(number) == 0, endpoint.lines
+    finally:
+        endpoint.kill()
 
 
 @pytest.mark.slow

@@ -2,8 +2,11 @@
 
 A run is one (regime, variant, seed, settings, step budget). Runs train in a
 pool of worker processes with the Trainer's own code
-(:func:`components.trainer.run.train`) and are cached in
-``<work>/runs-cold-validation.json`` (key: :meth:`Study.key`), so a re-run continues.
+(:func:`components.trainer.run.train`) and are cached in a JSON file (key:
+:meth:`Study.key`; by default ``benchmarks/results/quality_runs.json``, kept
+in the repository), so a re-run continues, on this machine or another. A
+run's weights stay in ``<work>/weights``: a run whose weights are gone when
+its test scores are due is trained again first.
 Each run's record: its validation scores by checkpoint step (``curve``), the
 test scores at the checkpoint the step rule picks (added to that
 checkpoint's entry), the regime's split sizes, steps and seconds.
@@ -29,7 +32,6 @@ from benchmarks.quality_study.data import Regime
 from components.trainer import hparams as hparams_lib
 from components.trainer.run import build_model, train, training_input
 
-RUNS_FILE = "runs-cold-validation.json"
 VALIDATION, TEST = "validation", "test"
 #: (regime, variant, seed, settings, step budget or None: the regime's starting one).
 Job = tuple[str, str, int, dict, Optional[int]]
@@ -79,6 +81,10 @@ def _weights_dir(work: str, key: str) -> str:
     return os.path.join(work, "weights", key.replace("/", "_"))
 
 
+def _weights_file(work: str, key: str, step: str) -> str:
+    return os.path.join(_weights_dir(work, key), f"{step}.npz")
+
+
 def train_one(work: str, key: str, regime: str, spec: protocol.RegimeSpec, variant: str,
               seed: int, hp: dict, steps: int) -> dict:
     """One run in a worker process: its validation curve (weights saved per checkpoint)."""
@@ -111,7 +117,7 @@ def test_one(work: str, key: str, regime: str, spec: protocol.RegimeSpec, varian
     model = build_model(r.spec, params, tft_out, r.correlation, sampling)
     model.item_embedding({k: v[:2] for k, v in r.test.catalog.features.items()})
     model.query_embedding({k: v[:2] for k, v in r.test.queries.items()})
-    saved = np.load(os.path.join(_weights_dir(work, key), f"{step}.npz"))
+    saved = np.load(_weights_file(work, key, step))
     model.set_weights([saved[f"arr_{i}"] for i in range(len(saved.files))])
     check = r.validation.score(model)[protocol.SELECTION_METRIC]
     if abs(check - validation) > 1e-6:
@@ -123,7 +129,7 @@ def test_one(work: str, key: str, regime: str, spec: protocol.RegimeSpec, varian
 
 
 class Study:
-    """Runs (cached in ``RUNS_FILE``, trained by a pool of worker processes) and
+    """Runs (cached in ``runs_file``, trained by a pool of worker processes) and
     the choices made from them.
 
     Attributes:
@@ -132,9 +138,8 @@ class Study:
     """
 
     def __init__(self, work: str, workers: int,
-                 regimes: Mapping[str, protocol.RegimeSpec]) -> None:
-        self.work, self.regimes = work, dict(regimes)
-        self.path = os.path.join(work, RUNS_FILE)
+                 regimes: Mapping[str, protocol.RegimeSpec], runs_file: str) -> None:
+        self.work, self.regimes, self.path = work, dict(regimes), runs_file
         self.runs: dict[str, dict] = {}
         if os.path.exists(self.path):
             with open(self.path) as f:
@@ -197,6 +202,13 @@ class Study:
 
         A job: (regime, variant, seed, settings, step budget, checkpoint step).
         """
+        lost = [job[:5] for job in jobs if not os.path.exists(
+            _weights_file(self.work, self.key(*job[:5]), job[5]))]
+        for job in lost:
+            print(f"[quality] {self.key(*job)}: its weights are gone; training it again",
+                  flush=True)
+            self.runs.pop(self.key(*job), None)
+        self.run_many(lost)
         todo = {}
         for regime, variant, seed, hp, steps, step in jobs:
             job = (regime, variant, seed, hp, steps)
