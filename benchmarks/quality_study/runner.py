@@ -223,7 +223,7 @@ class Study:
 
     def _save(self) -> None:
         with open(self.path + ".tmp", "w") as f:
-            json.dump(self.runs, f, sort_keys=True)
+            json.dump(self.runs, f, sort_keys=True, indent=1)
         os.replace(self.path + ".tmp", self.path)
 
     def curve(self, regime: str, variant: str, seeds: Sequence[int], hp: dict,
