@@ -23,6 +23,8 @@ from tfx.orchestration.local.local_dag_runner import LocalDagRunner
 from components.evaluate import report
 from components.evaluate.config import EvalSettings
 from components.evaluate.metrics import (
+    MeanAveragePrecisionAtK,
+    RecallAtK,
     average_precision_at_k,
     map_at_k,
     positive_ranks,
@@ -229,6 +231,44 @@ def test_numpy_reference_metrics_by_hand():
     assert map_at_k(ranks, 2) == pytest.approx((1 / 2 + 1 / 2 + 0) / 3)
     assert average_precision_at_k(["a", "b", "c", "d"], ["b", "d"], 4) == pytest.approx(
         (1 / 2 + 2 / 4) / 2)
+
+
+def _tfma_value(metric, inputs):
+    """``metric`` over ``inputs`` through its TFMA computations: combiner, then derived."""
+    from tensorflow_model_analysis.metrics import metric_types
+
+    combined, derived = metric.computations(model_names=[""], output_names=[""])
+    acc = combined.combiner.create_accumulator()
+    for labels, classes, weight in inputs:
+        acc = combined.combiner.add_input(acc, metric_types.StandardMetricInputs(
+            labels=np.array(labels, dtype=object), predictions={sig.CLASSES: np.array(
+                [classes], dtype=object)}, example_weights=np.array([weight])))
+    (value,) = derived.result(combined.combiner.extract_output(acc)).values()
+    return value
+
+
+def test_tfma_metrics_with_several_positives_equal_the_numpy_reference():
+    # Ids as bytes (the model's output) against labels as str or bytes; one
+    # example without a positive counts for neither metric.
+    ranked = [b"a", b"b", b"c", b"d", b"e"]
+    inputs = [(["b", "d"], ranked, 1.0), ([b"e"], ranked, 1.0), (["z"], ranked, 1.0),
+              ([b"a", b"c", b"e"], ranked, 1.0), ([], ranked, 1.0)]
+    lists = [[v.encode() if isinstance(v, str) else v for v in labels]
+             for labels, _, _ in inputs if labels]
+    for k in (2, 4):
+        aps = [average_precision_at_k(ranked, positives, k) for positives in lists]
+        hits = sum(len(set(positives) & set(ranked[:k])) for positives in lists)
+        assert _tfma_value(MeanAveragePrecisionAtK(k), inputs) == pytest.approx(np.mean(aps))
+        assert _tfma_value(RecallAtK(k), inputs) == pytest.approx(
+            hits / sum(len(p) for p in lists))
+    # Recall@4 by hand: b, d; none; none; a, c: 4 of 2 + 1 + 1 + 3 positives.
+    assert _tfma_value(RecallAtK(4), inputs) == pytest.approx(4 / 7)
+
+
+def test_recall_and_map_at_one_k_share_one_combiner():
+    combined = [c for metric in (RecallAtK(50), MeanAveragePrecisionAtK(50))
+                for c in metric.computations(model_names=[""], output_names=[""])[:1]]
+    assert combined[0] == combined[1] and len(set(combined)) == 1
 
 
 def test_unknown_slice_feature_is_refused(tmp_path):

@@ -18,7 +18,7 @@ catalog, best first) and ``scores``; the label is the set of positive ids.
 
 from __future__ import annotations
 
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional
 
 import apache_beam as beam
 import numpy as np
@@ -106,64 +106,99 @@ def _computations(top_k: int, name: str, kind: str, prediction_class_key: str = 
                   output_names: Optional[List[str]] = None,
                   example_weighted: bool = False, **_: Any
                   ) -> metric_types.MetricComputations:
-    computations = []
+    """The sums of :class:`_TopKSums` at ``top_k``, and this metric's ratio of two of them.
+
+    Recall@K and MAP@K ask for the same sums computation (equal keys and
+    combiner), which TFMA runs once per slice for both.
+    """
+    computations: metric_types.MetricComputations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
+            sums = metric_types.MetricKey(name=f"_top_{top_k}_{prediction_class_key}_sums",
+                                          model_name=model_name, output_name=output_name,
+                                          example_weighted=example_weighted)
             key = metric_types.MetricKey(name=name, model_name=model_name,
                                          output_name=output_name,
                                          example_weighted=example_weighted)
             computations.append(metric_types.MetricComputation(
-                keys=[key], preprocessors=None,
-                combiner=_TopKCombiner(key, kind, top_k, prediction_class_key,
-                                       example_weighted)))
+                keys=[sums], preprocessors=None,
+                combiner=_TopKSums(sums, top_k, prediction_class_key, example_weighted)))
+            computations.append(metric_types.DerivedMetricComputation(
+                keys=[key], result=_ratio(sums, key, _SUMS[kind])))
     return computations
 
 
-class _TopKCombiner(beam.CombineFn):
-    """Sums weighted numerators (AP@K, or hits) and denominators (examples, or positives)."""
+#: Metric kind -> (numerator, denominator) positions in :class:`_TopKSums`' sums.
+_SUMS = {RecallAtK.KIND: (0, 1), MeanAveragePrecisionAtK.KIND: (2, 3)}
 
-    def __init__(self, key: metric_types.MetricKey, kind: str, top_k: int, class_key: str,
+
+def _ratio(sums: metric_types.MetricKey, key: metric_types.MetricKey,
+           which: tuple[int, int]) -> Callable[[Dict[metric_types.MetricKey, Any]],
+                                               Dict[metric_types.MetricKey, float]]:
+    def ratio(metrics: Dict[metric_types.MetricKey, Any]) -> Dict[metric_types.MetricKey, float]:
+        numerator, denominator = metrics[sums][which[0]], metrics[sums][which[1]]
+        return {key: numerator / denominator if denominator else float("nan")}
+    return ratio
+
+
+def _wanted(positives: Iterable[Any]) -> tuple[set, int]:
+    """The positives as a set matching ids given as bytes or str, and how many distinct."""
+    plain = {_plain(p) for p in positives}
+    return plain | {p.encode() for p in plain if isinstance(p, str)}, len(plain)
+
+
+class _TopKSums(beam.CombineFn):
+    """Weighted sums over examples with a positive, from each ranked list's hits in the top K.
+
+    ``[hits, positives, sum of AP@K, examples]``: Recall@K is the first over
+    the second, MAP@K the third over the fourth (:data:`_SUMS`).
+    """
+
+    def __init__(self, key: metric_types.MetricKey, top_k: int, class_key: str,
                  example_weighted: bool) -> None:
         self._key = key
-        self._kind = kind
         self._top_k = top_k
         self._class_key = class_key
         self._example_weighted = example_weighted
 
     def create_accumulator(self) -> list[float]:
-        return [0.0, 0.0]
+        return [0.0, 0.0, 0.0, 0.0]
 
     def add_input(self, acc: list[float], element: metric_types.StandardMetricInputs
                   ) -> list[float]:
         labels = element.get_labels(self._key.model_name, self._key.output_name)
+        if labels is None:
+            return acc
+        wanted, n_positives = _wanted(np.asarray(labels).reshape(-1).tolist())
+        if not n_positives:
+            return acc
         predictions = element.get_predictions(self._key.model_name, self._key.output_name)
         if not isinstance(predictions, dict) or self._class_key not in predictions:
-            raise ValueError(f"{self._key.name}: predictions need a {self._class_key!r} "
-                             f"entry (ranked item ids); got {type(predictions).__name__}.")
-        positives = [] if labels is None else np.asarray(labels).reshape(-1).tolist()
-        if not positives:
-            return acc
+            raise ValueError(f"Recall@K and MAP@K need a {self._class_key!r} prediction "
+                             f"(ranked item ids); got {type(predictions).__name__}.")
         weight = 1.0
         if self._example_weighted:
             weights = element.get_example_weights(self._key.model_name, self._key.output_name)
             weight = float(np.asarray(weights).reshape(-1)[0]) if weights is not None else 1.0
-        classes = np.asarray(predictions[self._class_key]).reshape(-1)
-        if self._kind == MAP_NAME:
-            acc[0] += weight * average_precision_at_k(classes, positives, self._top_k)
-            acc[1] += weight
-        else:
-            wanted = {_plain(p) for p in positives}
-            acc[0] += weight * len(wanted & {_plain(c) for c in classes[: self._top_k]})
-            acc[1] += weight * len(wanted)
+        classes = np.asarray(predictions[self._class_key]).reshape(-1)[:self._top_k].tolist()
+        hits, precision_sum = 0, 0.0
+        for i, c in enumerate(classes):
+            if c in wanted:
+                hits += 1
+                precision_sum += hits / (i + 1)
+        acc[0] += weight * hits
+        acc[1] += weight * n_positives
+        acc[2] += weight * precision_sum / min(self._top_k, n_positives)
+        acc[3] += weight
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[list[float]]) -> list[float]:
-        total = [0.0, 0.0]
+        total = [0.0, 0.0, 0.0, 0.0]
         for acc in accumulators:
-            total[0] += acc[0]
-            total[1] += acc[1]
+            for i, value in enumerate(acc):
+                total[i] += value
         return total
 
-    def extract_output(self, acc: list[float]) -> Dict[metric_types.MetricKey, float]:
-        return {self._key: acc[0] / acc[1] if acc[1] else float("nan")}
+    def extract_output(self, acc: list[float]) -> Dict[metric_types.MetricKey, list[float]]:
+        return {self._key: acc}
 
