@@ -122,3 +122,32 @@ def test_renamed_features_equals_a_parse_and_rename():
     assert tfrecords.renamed_features(b"", keys) == b""
     with pytest.raises(ValueError, match="not a serialized"):
         tfrecords.renamed_features(b"\x12\x00", keys)
+
+
+def test_rows_decoded_in_batches_equal_one_parse_a_record(tmp_path, monkeypatch):
+    """The join reads log files in batches (tfx_bsl's decoder): the same rows."""
+    from components import tfrecords
+
+    rows = [{"user": [b"u1"], "item": [b"\xc3\xa9" * 200], "n": [3, 2 ** 40], "x": [0.5]},
+            {"user": [b"u2"], "item": []},                      # an empty list stays []
+            {"n": [7]},                                         # absent columns stay absent
+            {"other": [b"z"]},                                  # no requested column at all
+            {"user": [b"u3", b"u4"], "item": [b"i"], "x": [1.25, -2.0]}] * 3
+    path = str(tmp_path / "rows.gz")
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for row in rows:
+            writer.write(tfrecords.dict_to_example(row))
+    columns = ("user", "item", "n", "x", "missing")
+    expected = [tfrecords.example_to_dict(r, columns) for r in tfrecords.read_file(path)]
+    for batch in (4, 1, 100):                   # batches that split the rows unevenly, too
+        monkeypatch.setattr(tfrecords, "ROWS_BATCH", batch)
+        assert list(tfrecords.read_rows(path, columns)) == expected
+    assert expected[1] == {"user": [b"u2"], "item": []} and expected[3] == {}
+    assert list(tfrecords.read_rows(path)) == [tfrecords.example_to_dict(r)
+                                               for r in tfrecords.read_file(path)]
+    # A feature with values of two kinds: the decoder refuses the batch, each
+    # record is parsed on its own.
+    with tf.io.TFRecordWriter(path, options="GZIP") as writer:
+        for row in ({"n": [1]}, {"n": [b"one"]}):
+            writer.write(tfrecords.dict_to_example(row))
+    assert list(tfrecords.read_rows(path, columns)) == [{"n": [1]}, {"n": [b"one"]}]

@@ -99,8 +99,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         id_key = features.item_key(spec.item_id)
         with self._make_beam_pipeline() as pipeline:
             rows = (pipeline
-                    | "Read" >> tfrecords.ReadRecords(tfrecords.split_files(catalog_uri))
-                    | "Parse" >> beam.Map(tfrecords.example_to_dict))
+                    | "Read" >> tfrecords.ReadFiles(tfrecords.split_files(catalog_uri),
+                                                    tfrecords.read_rows))
             if fraction < 1.0:
                 rows = rows | "Sample" >> beam.Filter(
                     lambda row: in_sample(row[id_key][0], fraction))

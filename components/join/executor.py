@@ -43,8 +43,8 @@ def _tagged_rows(split_path: tuple[str, str], columns: tuple[str, ...]
                  ) -> Iterator[tuple[str, beam_join.Row]]:
     """``(split, row)`` of one ``(split, path)`` log file, ``columns`` only."""
     split, path = split_path
-    for record in tfrecords.read_file(path):
-        yield split, tfrecords.example_to_dict(record, columns)
+    for row in tfrecords.read_rows(path, columns):
+        yield split, row
 
 
 class _BySplit(beam.DoFn):
@@ -148,8 +148,8 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                      for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT)
                      for path in _split_files(logs, split)]
         with self._make_beam_pipeline() as pipeline:
-            catalog_rows = (tfrecords.ReadRecords(_split_files(catalog, features.CATALOG_SPLIT))
-                            | "Parse" >> beam.Map(tfrecords.example_to_dict))
+            catalog_rows = tfrecords.ReadFiles(_split_files(catalog, features.CATALOG_SPLIT),
+                                               tfrecords.read_rows)
             joined, rejects, _, moved = pipeline | "Join" >> beam_join.JoinLogsWithCatalog(
                 catalog_rows,
                 tfrecords.ReadFiles(log_files, functools.partial(
