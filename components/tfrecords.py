@@ -140,22 +140,23 @@ def read_rows(path: str, columns: Optional[Sequence[str]] = None
     absent, not as ``[]``. A batch the decoder refuses (a feature with values
     of two kinds) is parsed a record at a time.
     """
+    from tfx_bsl.coders import example_coder
+
+    decoder = example_coder.ExamplesToRecordBatchDecoder()
     batch: list[bytes] = []
     for record in read_file(path):
         batch.append(record)
         if len(batch) == ROWS_BATCH:
-            yield from _decoded(batch, columns)
+            yield from _decoded(decoder, batch, columns)
             batch = []
     if batch:
-        yield from _decoded(batch, columns)
+        yield from _decoded(decoder, batch, columns)
 
 
-def _decoded(records: list[bytes], columns: Optional[Sequence[str]]
+def _decoded(decoder: Any, records: list[bytes], columns: Optional[Sequence[str]]
              ) -> Iterator[dict[str, list[Any]]]:
-    from tfx_bsl.coders import example_coder
-
     try:
-        batch = example_coder.ExamplesToRecordBatchDecoder().DecodeBatch(records)
+        batch = decoder.DecodeBatch(records)
     except Exception:  # noqa: BLE001  the decoder's type conflicts: one record at a time
         yield from (example_to_dict(r, columns) for r in records)
         return

@@ -145,9 +145,11 @@ def test_rows_decoded_in_batches_equal_one_parse_a_record(tmp_path, monkeypatch)
     assert expected[1] == {"user": [b"u2"], "item": []} and expected[3] == {}
     assert list(tfrecords.read_rows(path)) == [tfrecords.example_to_dict(r)
                                                for r in tfrecords.read_file(path)]
-    # A feature with values of two kinds: the decoder refuses the batch, each
-    # record is parsed on its own.
+    # A feature with values of two kinds: the decoder refuses that batch, its
+    # records are parsed one at a time, and the next batch is decoded again.
+    mixed = [{"n": [1]}, {"n": [b"one"]}, {"n": [2]}, {"n": [3]}]
     with tf.io.TFRecordWriter(path, options="GZIP") as writer:
-        for row in ({"n": [1]}, {"n": [b"one"]}):
+        for row in mixed:
             writer.write(tfrecords.dict_to_example(row))
-    assert list(tfrecords.read_rows(path, columns)) == [{"n": [1]}, {"n": [b"one"]}]
+    monkeypatch.setattr(tfrecords, "ROWS_BATCH", 2)
+    assert list(tfrecords.read_rows(path, columns)) == mixed
