@@ -311,6 +311,38 @@ def test_feature_embedding_pools_the_mean_or_the_default():
     np.testing.assert_allclose(got, np.stack(want), rtol=1e-6)
 
 
+def test_feature_embedding_reads_only_the_batch_rows_and_updates_them_sparsely():
+    """After a sparse update TF copies a variable whole on every dense read (a
+    cost that grows with the vocabulary): the table is only gathered from."""
+    from components.trainer.towers import FeatureEmbedding
+
+    layer = FeatureEmbedding(50, 3)
+    ids = tf.ragged.constant([[7, 3, 7], [], [3], [41]], dtype=tf.int64)
+    layer(ids)
+    table = layer.table.embeddings
+
+    @tf.function
+    def grads(ids):
+        with tf.GradientTape() as tape:
+            loss = tf.reduce_sum(layer(ids) * tf.constant([[1.0, 2.0, 3.0]]))
+        return tape.gradient(loss, table)
+
+    graph = grads.get_concrete_function(ids).graph
+    handle = next(inner for outer, inner in graph.captures if outer is table.handle)
+    readers = {op.type for op in graph.get_operations()
+               if any(t is handle for t in op.inputs)}
+    assert readers == {"ResourceGather"}
+    got = grads(ids)
+    assert isinstance(got, tf.IndexedSlices)
+    dense = tf.convert_to_tensor(got).numpy()
+    want = np.zeros((50, 3))
+    for row in ([7, 3, 7], [3], [41]):        # d(sum_j w_j mean_row[j]) / d table[i]
+        for i in row:
+            want[i] += np.array([1.0, 2.0, 3.0]) / len(row)
+    np.testing.assert_allclose(dense, want, rtol=1e-6)
+    assert sorted(set(got.indices.numpy())) == [3, 7, 41]
+
+
 def test_contrastive_accuracy_matches_numpy_argmax():
     rng = np.random.default_rng(8)
     logits = rng.normal(size=(40, 55)).astype(np.float32)
