@@ -471,3 +471,25 @@ def test_loss_gradients_equal_a_plain_softmax_cross_entropy():
                 assert a is None
             else:
                 np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-7)
+
+
+def test_epoch_tensorboard_writes_the_graph_and_every_epoch_without_batch_hooks(tmp_path):
+    import tf_keras
+
+    from components.trainer.run import EpochTensorBoard
+
+    model = tf_keras.Sequential([tf_keras.layers.Dense(1, input_shape=(2,))])
+    model.compile(optimizer="sgd", loss="mse")
+    x = np.arange(40, dtype=np.float32).reshape(20, 2) / 40
+    board = EpochTensorBoard(log_dir=str(tmp_path))
+    assert not board._implements_train_batch_hooks()
+    history = model.fit(x, x[:, :1], epochs=3, batch_size=5, verbose=0, callbacks=[board])
+    losses, graphs = [], 0
+    for path in sorted((tmp_path / "train").glob("events.out.tfevents.*")):
+        for event in tf.compat.v1.train.summary_iterator(str(path)):
+            graphs += bool(event.graph_def)
+            losses += [(event.step, tf.make_ndarray(v.tensor).item())
+                       for v in event.summary.value if v.tag == "epoch_loss"]
+    assert graphs == 1
+    assert [s for s, _ in losses] == [0, 1, 2]
+    np.testing.assert_allclose([v for _, v in losses], history.history["loss"], rtol=1e-6)
