@@ -44,7 +44,7 @@ def joined(tmp_path_factory):
             _write(str(root / "catalog"), catalog))
 
 
-@pytest.mark.parametrize("train_steps", [100, 350, 3000])
+@pytest.mark.parametrize("train_steps", [100, 230, 350, 3000])
 def test_steps_trained_equal_train_steps(joined, tmp_path, train_steps):
     spec, transform_dir, train_dir, catalog_dir = joined
     hp = hparams.from_dict({"variant": "mns", "train_steps": train_steps,
@@ -57,3 +57,15 @@ def test_steps_trained_equal_train_steps(joined, tmp_path, train_steps):
         tf_config.disable_op_determinism()    # run.train enables it for the process
     assert int(model.optimizer.iterations.numpy()) == train_steps
     assert len(history.history["loss"]) == -(-train_steps // 200)   # epochs, the last shorter
+
+
+@pytest.mark.parametrize("train_steps, steps_per_epoch, want", [
+    (3000, 200, 25), (100, 200, 25), (230, 200, 10), (350, 200, 25), (207, 200, 1),
+    (6000, 125, 25), (1000, 300, 25), (7, 200, 1), (75, 200, 25)])
+def test_steps_per_execution_divides_every_epoch(train_steps, steps_per_epoch, want):
+    hp = hparams.from_dict({"train_steps": train_steps, "steps_per_epoch": steps_per_epoch})
+    got = run.steps_per_execution(hp)
+    assert got == want
+    last = train_steps % steps_per_epoch or steps_per_epoch
+    assert steps_per_epoch % got == 0 and last % got == 0
+    assert got <= run.MAX_STEPS_PER_EXECUTION
