@@ -493,3 +493,50 @@ def test_epoch_tensorboard_writes_the_graph_and_every_epoch_without_batch_hooks(
     assert graphs == 1
     assert [s for s, _ in losses] == [0, 1, 2]
     np.testing.assert_allclose([v for _, v in losses], history.history["loss"], rtol=1e-6)
+
+
+@pytest.mark.parametrize("row", [[True, False, False, True], [False, True, True, True],
+                                 [True, True, True, False]])
+def test_complementary_views_equal_the_tower_on_each_masked_view(row):
+    """CFM's shared path: the numbers and gradients of two tower calls with
+    the batch's mask and its complement."""
+    from components.trainer.towers import FeatureEmbedding, Tower
+
+    names = ("item_id", "genre", "year", "tag")
+    embeddings = {n: FeatureEmbedding(12, 3, name=f"e_{n}") for n in names}
+    tower = Tower(names, embeddings, [6, 5, 4], "relu")
+    rng = np.random.default_rng(5)
+    inputs = {n: v for n, v in _batch(rng, 9, names, 12, (lambda n: n,)).items() if n in names}
+    inputs["genre"] = tf.ragged.constant([[1, 2], [], [3], [], [4, 5, 6], [7], [], [8], [9]],
+                                         dtype=tf.int64)                # empty rows: defaults
+    masked = tf.constant(row)
+    tower(inputs)
+    weights = tower.trainable_variables
+
+    def grads(loss_fn):
+        with tf.GradientTape() as tape:
+            z_h, z_g = loss_fn()
+            loss = tf.reduce_sum(z_h * np.arange(4.0)) + tf.reduce_sum(tf.square(z_g))
+        return [z_h, z_g], [tf.convert_to_tensor(g) for g in tape.gradient(loss, weights)]
+
+    tiled = tf.tile(masked[tf.newaxis], [9, 1])
+    want, want_grads = grads(lambda: (tower(inputs, tiled), tower(inputs, ~tiled)))
+    got, got_grads = grads(lambda: tower.complementary_views(inputs, masked))
+    for a, b in zip(got + got_grads, want + want_grads):
+        np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-5, atol=1e-6)
+
+
+def test_value_dropout_for_views_takes_the_draws_of_the_view_that_sees_the_feature():
+    names = ("genre", "tag", "actor")
+    rng = np.random.default_rng(8)
+    feats = {n: tf.RaggedTensor.from_row_lengths(
+        tf.constant(rng.integers(0, 50, 60), tf.int64), [6] * 10) for n in names}
+    seed_h, seed_g = tf.constant([3, 4], tf.int64), tf.constant([3, 9], tf.int64)
+    masked = {"genre": tf.constant(True), "tag": tf.constant(False), "actor": tf.constant(True)}
+    got = augment.drop_values_for_views(feats, names, 0.4, seed_h, seed_g, masked)
+    view_h = augment.drop_values(feats, names, 0.4, seed_h)
+    view_g = augment.drop_values(feats, names, 0.4, seed_g)
+    for name in names:
+        want = view_g[name] if bool(masked[name]) else view_h[name]
+        assert got[name].to_list() == want.to_list()
+    assert got["genre"].to_list() != view_h["genre"].to_list()     # the draws differ by view
