@@ -112,11 +112,11 @@ def _markdown(values: dict[str, object]) -> str:
              "| variant | examples/s | throughput vs baseline | step cost vs baseline "
              "| step cost, median |",
              "|---|---|---|---|---|"]
+    columns = ("examples_per_s", "throughput_ratio_vs_baseline", "step_cost_ratio_vs_baseline",
+               "step_cost_ratio_vs_baseline_median")
     for variant in hparams_lib.VARIANTS:
-        lines.append(f"| {variant} | {values[f'{variant}_examples_per_s']} | "
-                     f"{values[f'{variant}_throughput_ratio_vs_baseline']} | "
-                     f"{values[f'{variant}_step_cost_ratio_vs_baseline']} | "
-                     f"{values[f'{variant}_step_cost_ratio_vs_baseline_median']} |")
+        lines.append(" | ".join(["", variant, *(str(values[f"{variant}_{c}"]) for c in columns),
+                                 ""]).strip())
     return "\n".join(lines) + "\n"
 
 
