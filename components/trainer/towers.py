@@ -40,7 +40,7 @@ class FeatureEmbedding(tf_keras.layers.Layer):
         # empty row gives zeros). The table is never read whole: once a sparse
         # update has touched a variable, TF copies all of it on every dense
         # read, a cost that grows with the vocabulary (with four tables of a
-        # million rows it tripled the step). The gather's gradient is sparse.
+        # million rows it made the step 2.5 times slower). The gather's gradient is sparse.
         unique, index = tf.unique(ids.flat_values)
         rows = tf.gather(self.table.embeddings, unique)
         pooled = tf.sparse.segment_mean(rows, index, ids.value_rowids(),
