@@ -26,26 +26,17 @@ def cfm_table(groups: Mapping[str, Sequence[str]], names: Sequence[str]) -> tf.T
     return tf.constant(rows, dtype=tf.bool)
 
 
-def cfm_row(table: tf.Tensor, seed: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-    """Correlated feature masking's draw: ``(row, seed_index)``, ONE seed feature per batch.
-
-    ``row`` [k] bool is the seed's group, masked in view h (view g masks the
-    other features).
-    """
-    k = tf.shape(table)[0]
-    index = tf.random.stateless_uniform([], seed, minval=0, maxval=k, dtype=tf.int32)
-    return tf.gather(table, index), index
-
-
 def cfm_masks(table: tf.Tensor, batch_size: tf.Tensor, seed: tf.Tensor
               ) -> tuple[tf.Tensor, tf.Tensor, tf.Tensor]:
-    """Correlated feature masking as [N, k] masks (:func:`cfm_row` tiled over the batch).
+    """Correlated feature masking: ONE seed feature per batch.
 
     Returns:
       ``(mask_h, mask_g, seed_index)``: [N, k] masks of views h (the seed's
       group) and g (its complement), and the scalar seed feature index.
     """
-    row, index = cfm_row(table, seed)
+    k = tf.shape(table)[0]
+    index = tf.random.stateless_uniform([], seed, minval=0, maxval=k, dtype=tf.int32)
+    row = tf.gather(table, index)
     mask_h = tf.tile(row[tf.newaxis, :], [batch_size, 1])
     return mask_h, tf.logical_not(mask_h), index
 
@@ -76,11 +67,6 @@ def bernoulli_masks(batch_size: tf.Tensor, k: int, rate: float, seed: tf.Tensor)
     return tf.random.stateless_uniform([batch_size, k], seed) < rate
 
 
-def _kept(ids: tf.RaggedTensor, rate: float, seed: tf.Tensor) -> tf.Tensor:
-    """[values] bool: each value kept with probability ``1 - rate``."""
-    return tf.random.stateless_uniform(tf.shape(ids.flat_values), seed) >= rate
-
-
 def value_dropout(ids: tf.RaggedTensor, rate: float, seed: tf.Tensor) -> tf.RaggedTensor:
     """Drops each value of a multi-valued feature independently with probability ``rate``.
 
@@ -89,12 +75,8 @@ def value_dropout(ids: tf.RaggedTensor, rate: float, seed: tf.Tensor) -> tf.Ragg
     """
     if rate <= 0:
         return ids
-    return tf.ragged.boolean_mask(ids, ids.with_flat_values(_kept(ids, rate, seed)))
-
-
-def _feature_seed(seed: tf.Tensor, i: int) -> tf.Tensor:
-    """The seed of the ``i``-th multi-valued feature's draws."""
-    return seed + tf.constant([0, 7919], tf.int64) * (i + 1)
+    keep = tf.random.stateless_uniform(tf.shape(ids.flat_values), seed) >= rate
+    return tf.ragged.boolean_mask(ids, ids.with_flat_values(keep))
 
 
 def drop_values(features: Mapping[str, tf.RaggedTensor], multivalued: Sequence[str],
@@ -102,26 +84,6 @@ def drop_values(features: Mapping[str, tf.RaggedTensor], multivalued: Sequence[s
     """Applies :func:`value_dropout` to the multi-valued features only."""
     out = dict(features)
     for i, name in enumerate(multivalued):
-        out[name] = value_dropout(features[name], rate, _feature_seed(seed, i))
-    return out
-
-
-def drop_values_for_views(features: Mapping[str, tf.RaggedTensor], multivalued: Sequence[str],
-                          rate: float, seed_h: tf.Tensor, seed_g: tf.Tensor,
-                          masked_in_h: Mapping[str, tf.Tensor]) -> dict[str, tf.RaggedTensor]:
-    """One copy of the features for two complementary views (each feature seen by one).
-
-    A feature masked in view h (``masked_in_h[name]``, a scalar bool) is seen
-    only by view g, so it takes view g's draws (``drop_values(..., seed_g)``),
-    the others view h's: the views get the values they would get from their
-    own :func:`drop_values` copies.
-    """
-    if rate <= 0:
-        return dict(features)
-    out = dict(features)
-    for i, name in enumerate(multivalued):
-        ids = features[name]
-        keep = tf.where(masked_in_h[name], _kept(ids, rate, _feature_seed(seed_g, i)),
-                        _kept(ids, rate, _feature_seed(seed_h, i)))
-        out[name] = tf.ragged.boolean_mask(ids, ids.with_flat_values(keep))
+        out[name] = value_dropout(features[name], rate,
+                                  seed + tf.constant([0, 7919], tf.int64) * (i + 1))
     return out

@@ -193,17 +193,16 @@ class TwoTowerSSL(tf_keras.Model):
 
     def _ssl_views(self, items: dict[str, tf.RaggedTensor], step: tf.Tensor
                    ) -> list[tuple[dict[str, tf.RaggedTensor], Optional[tf.Tensor]]]:
-        """The two augmented views ``[(features h, mask h), (features g, mask g)]``.
-
-        For every masking but CFM's (:meth:`_cfm_views`).
-        """
+        """The two augmented views ``[(features h, mask h), (features g, mask g)]``."""
         hp, layout, flags = self.hparams, self.layout, self.flags
         n = tf.shape(items[layout.id_name].row_lengths())[0]
         k = len(layout.item_names)
         n_masked = hp.masked_count(k)
         seed_h, seed_g = augment.step_seed(hp.seed, step, 1), augment.step_seed(hp.seed, step, 2)
         mask_h = mask_g = None
-        if flags.masking == "rfm":
+        if flags.masking == "cfm":
+            mask_h, mask_g, _ = augment.cfm_masks(self.cfm, n, augment.step_seed(hp.seed, step, 3))
+        elif flags.masking == "rfm":
             mask_h, mask_g = augment.rfm_masks(n, k, n_masked, seed_h)
         elif flags.masking == "independent":
             mask_h, mask_g = augment.independent_masks(n, k, n_masked, seed_h, seed_g)
@@ -212,25 +211,6 @@ class TwoTowerSSL(tf_keras.Model):
             view_h = augment.drop_values(items, layout.multivalued, hp.dropout_rate, seed_h)
             view_g = augment.drop_values(items, layout.multivalued, hp.dropout_rate, seed_g)
         return [(view_h, mask_h), (view_g, mask_g)]
-
-    def _cfm_views(self, items: dict[str, tf.RaggedTensor], step: tf.Tensor
-                   ) -> tuple[tf.Tensor, tf.Tensor]:
-        """CFM's two view embeddings ``(z_h, z_g)``.
-
-        The same numbers as the item tower on each view with its own value
-        dropout (``drop_values`` with the view's seed) and the batch's seed
-        group masked in h, its complement in g; the views are complementary,
-        so the tower embeds one copy of the features for both
-        (:meth:`~components.trainer.towers.Tower.complementary_views`).
-        """
-        hp, layout = self.hparams, self.layout
-        row, _ = augment.cfm_row(self.cfm, augment.step_seed(hp.seed, step, 3))
-        if self.flags.value_dropout:
-            items = augment.drop_values_for_views(
-                items, layout.multivalued, hp.dropout_rate, augment.step_seed(hp.seed, step, 1),
-                augment.step_seed(hp.seed, step, 2),
-                {name: row[i] for i, name in enumerate(layout.item_names)})
-        return self.item_tower.complementary_views(items, row)
 
     def _log_q(self, counts: tf.Tensor) -> tf.Tensor:
         """Log sampling probability of candidates with these training counts.
@@ -270,8 +250,7 @@ class TwoTowerSSL(tf_keras.Model):
             names.append("extra")
             parts.append((item_inputs(ssl, layout), None))
         identical_views = self.flags.masking == "none" and not self.flags.value_dropout
-        cfm = self.flags.ssl_loss and self.flags.masking == "cfm"
-        if self.flags.ssl_loss and not cfm:
+        if self.flags.ssl_loss:
             views = self._ssl_views(item_inputs(ssl, layout), step)
             names += ["view_h"] if identical_views else ["view_h", "view_g"]
             parts += views[:1] if identical_views else views
@@ -283,8 +262,6 @@ class TwoTowerSSL(tf_keras.Model):
             out["query"] = self.query_tower(*query)
         if self.flags.ssl_loss and identical_views:
             out["view_g"] = out["view_h"]               # SO: both views are the item itself
-        if cfm:                                         # after the tower is built
-            out["view_h"], out["view_g"] = self._cfm_views(item_inputs(ssl, layout), step)
         return out
 
     def _main_loss(self, main: Mapping[str, tf.RaggedTensor], ssl: Mapping[str, tf.RaggedTensor],

@@ -71,32 +71,3 @@ class Tower(tf_keras.layers.Layer):
             masked = None if mask is None else mask[:, i]
             parts.append(self.embeddings[name](features[name], masked))
         return self.mlp(tf.concat(parts, axis=-1))
-
-    def complementary_views(self, features: Mapping[str, tf.RaggedTensor], masked: tf.Tensor
-                            ) -> tuple[tf.Tensor, tf.Tensor]:
-        """Two complementary views' embeddings ``(z_h, z_g)`` of the same items.
-
-        The outputs of ``self(features, mask)`` with ``mask`` = ``masked``
-        [k] bool on every row (view h) and with its complement (view g).
-        Each view sees its own features and the defaults of the others, so
-        every feature is embedded once for both, and the first layer's product
-        is taken per view over the features it sees: together one product of
-        the whole input instead of two. Only the layers after it run twice.
-        """
-        first, rest = self.mlp.layers[0], self.mlp.layers[1:]
-        x = tf.stack([self.embeddings[n](features[n]) for n in self.names], axis=1)  # [N, k, d]
-        defaults = tf.stack([self.embeddings[n].default for n in self.names])        # [k, d]
-        kernel = tf.reshape(first.kernel, [len(self.names), x.shape[-1], -1])        # [k, d, H]
-        constant = tf.einsum("kd,kdh->kh", defaults, kernel)       # each default's share
-
-        def layer(sees: tf.Tensor) -> tf.Tensor:
-            seen, unseen = tf.where(sees)[:, 0], tf.where(tf.logical_not(sees))[:, 0]
-            inputs = tf.reshape(tf.gather(x, seen, axis=1), [tf.shape(x)[0], -1])
-            weights = tf.reshape(tf.gather(kernel, seen), [-1, tf.shape(kernel)[-1]])
-            return (tf.matmul(inputs, weights) + first.bias
-                    + tf.reduce_sum(tf.gather(constant, unseen), axis=0))
-
-        out = first.activation(tf.concat([layer(tf.logical_not(masked)), layer(masked)], 0))
-        for dense in rest:
-            out = dense(out)
-        return tf.split(out, 2, axis=0)
