@@ -116,7 +116,9 @@ def main() -> None:
             "`gather` is the towers' lookup: the distinct rows of the batch, then their "
             "average. `dense` is their former one, `tf.sparse.segment_mean` over the table "
             "variable: after a sparse update TensorFlow copies a variable whole on every "
-            "dense read, so each step copies the table, a cost that grows with it.", ""])
+            "dense read, so each step also copies the table. Both grow with the table: "
+            "the small one fits in the CPU's caches, the rows of the large one are mostly "
+            "cache and page-table misses.", ""])
 
     write_results(NAME, values, markdown)
 
