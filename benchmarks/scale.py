@@ -33,8 +33,9 @@ resumes; ``--stages`` picks some):
   (load time and the server's RSS), then ``python -m benchmarks.load`` (its
   own process) sends single-query REST requests from 1, 8 and 32 clients.
 
-Run from the repository root: ``python benchmarks/scale.py`` (about 1.5
-hours on 2 cores; the pipeline alone about 45 minutes and up to 12.5 GiB).
+Run from the repository root: ``python benchmarks/scale.py`` (about 45
+minutes on 2 idle cores; the pipeline alone about 28 minutes and up to
+15 GiB).
 """
 
 from __future__ import annotations
