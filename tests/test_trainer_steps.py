@@ -69,3 +69,10 @@ def test_steps_per_execution_divides_every_epoch(train_steps, steps_per_epoch, w
     last = train_steps % steps_per_epoch or steps_per_epoch
     assert steps_per_epoch % got == 0 and last % got == 0
     assert got <= run.MAX_STEPS_PER_EXECUTION
+
+
+@pytest.mark.parametrize("strategy, workers", [("mirrored", 1), ("multi_worker_mirrored", 2)])
+def test_one_step_per_execution_under_a_distribution_strategy(strategy, workers):
+    hp = hparams.from_dict({"train_steps": 3000, "steps_per_epoch": 200, "strategy": strategy,
+                            "workers": workers})
+    assert run.steps_per_execution(hp) == 1

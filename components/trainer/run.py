@@ -81,8 +81,12 @@ def steps_per_execution(hp: hparams_lib.HParams) -> int:
 
     Keras calls batch callbacks once per execution; when the count divides
     ``steps_per_epoch`` and the last (cut) epoch, training still stops at
-    exactly ``train_steps``.
+    exactly ``train_steps``. 1 under a ``tf.distribute`` strategy: the
+    replicas' collective ops (the global batch's candidates) fail inside
+    Keras' loop of steps.
     """
+    if hp.strategy != "default":
+        return 1
     last = hp.train_steps % hp.steps_per_epoch or hp.steps_per_epoch
     common = math.gcd(hp.steps_per_epoch, last)
     return max(d for d in range(1, MAX_STEPS_PER_EXECUTION + 1) if common % d == 0)
