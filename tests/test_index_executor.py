@@ -113,8 +113,9 @@ def test_no_eval_queries_is_unmeasured_not_perfect(tmp_path, trained):
                                        "saved_model.pb"))
 
 
-def test_automatic_leaves_double_until_the_recall_floor_is_met():
-    """Evenly spread embeddings: 10% of the leaves misses the floor; the fewest doublings meet it.
+def test_automatic_leaves_are_nearly_the_fewest_that_meet_the_recall_floor():
+    """Evenly spread embeddings: 10% of the leaves misses the floor; the tuned count meets it,
+    and a count LEAVES_RESOLUTION below it does not (the doubling's bracket, then bisection).
 
     The recall of each setting is recomputed here against NumPy's brute force.
     """
@@ -134,4 +135,5 @@ def test_automatic_leaves_double_until_the_recall_floor_is_met():
     leaves, got = search.tune_leaves(searcher, queries, exact, start, total, 0.9)
     assert recall(start) < 0.9 and start < leaves <= total
     assert got == pytest.approx(recall(leaves)) and got >= 0.9
-    assert leaves == total or recall(leaves // 2) < 0.9         # the fewest doublings
+    below = leaves - max(1, int(leaves * search.LEAVES_RESOLUTION))
+    assert leaves == total or recall(below) < 0.9                # nearly the fewest

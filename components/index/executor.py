@@ -162,8 +162,8 @@ def measure_recall(query_model: Any, searcher: Any, items: np.ndarray, queries: 
 
     Returns ``(recall, leaves searched)`` (-1 for an index without leaves:
     a catalog too small for a tree). With automatic ``leaves_to_search``
-    the leaves are doubled until ``config.min_recall`` is met
-    (:func:`search.tune_leaves`). The recall is None without queries:
+    the leaves are raised to nearly the fewest that meet
+    ``config.min_recall`` (:func:`search.tune_leaves`). The recall is None without queries:
     nothing was measured.
     """
     total, start = config.leaves(len(items)) if config.partitioned(len(items)) else (1, 1)

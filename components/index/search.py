@@ -21,8 +21,9 @@ class IndexConfig:
       num_leaves: tree partitions (0: ``sqrt(N)``, ScaNN's rule of thumb).
       leaves_to_search: partitions searched per query (0: automatic: 10% of
         the leaves, at least 10, and enough leaves to hold about ``20 * k``
-        items, which matters for small catalogs; then doubled, up to every
-        leaf, until the recall floor is met on the measured queries, see
+        items, which matters for small catalogs; then raised, up to every
+        leaf, to nearly the fewest that meet the recall floor on the
+        measured queries, see
         :func:`tune_leaves`; a number given here is kept as it is).
       dimensions_per_block: asymmetric-hashing block size (2 is ScaNN's default
         for high recall).
@@ -98,24 +99,45 @@ def score_recall(approx_scores: np.ndarray, exact_scores: np.ndarray, tol: float
     return float(np.mean(hits)) if hits else 0.0
 
 
+#: :func:`tune_leaves` stops bisecting when the last miss is within this share
+#: of the leaves that meet the floor.
+LEAVES_RESOLUTION = 1 / 16
+
+
 def tune_leaves(searcher, queries: np.ndarray, exact_scores: np.ndarray, start: int,
                 total: int, floor: float) -> tuple[int, float]:
-    """The fewest leaves, ``start`` doubled, whose recall reaches ``floor``; and that recall.
+    """Nearly the fewest leaves whose recall reaches ``floor``; and that recall.
 
     ``queries`` are normalized; ``exact_scores`` [Q, k] their brute-force top
-    k. Returns every leaf (``total``) and its recall when no fewer reach it.
+    k. ``start`` is doubled until the floor is met, then the count is
+    bisected between the last miss and the first hit until the two are
+    within :data:`LEAVES_RESOLUTION` of the hit (about four more searches).
+    Returns every leaf (``total``) and its recall when no fewer reach it.
     Embeddings spread evenly over the sphere (e.g. a catalog of mostly
     rarely-seen items after a short training) need more leaves for the same
     recall than clustered ones.
     """
-    leaves = max(1, min(start, total))
-    while True:
+    def recall_at(leaves: int) -> float:
         _, scores = searcher.search_batched(queries, final_num_neighbors=exact_scores.shape[1],
                                             leaves_to_search=leaves if total > 1 else None)
-        recall = score_recall(np.asarray(scores), exact_scores)
+        return score_recall(np.asarray(scores), exact_scores)
+
+    miss, leaves = 0, max(1, min(start, total))
+    while True:
+        recall = recall_at(leaves)
         if recall >= floor or leaves >= total:
-            return leaves, recall
-        leaves = min(total, 2 * leaves)
+            break
+        miss, leaves = leaves, min(total, 2 * leaves)
+    if recall < floor:
+        return leaves, recall
+    while leaves - miss > max(1, int(leaves * LEAVES_RESOLUTION)):
+        middle = (miss + leaves) // 2
+        got = recall_at(middle)
+        if got >= floor:
+            leaves, recall = middle, got
+        else:
+            miss = middle
+    return leaves, recall
 
 
 def build_scann(items: np.ndarray, config: IndexConfig):
