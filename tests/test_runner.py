@@ -1,0 +1,48 @@
+"""Local runs skip TFX's packaging of itself for workers that share this environment."""
+
+import os
+import shutil
+
+import pytest
+from tfx.components.statistics_gen import executor as statistics_executor
+from tfx.dsl.components.base.base_beam_executor import BaseBeamExecutor
+from tfx.utils import dependency_utils
+
+from pipeline import runner, worker_pools
+from pipeline.config import IN_MEMORY_BEAM_ARGS, LOCAL_BEAM_ARGS
+
+REMOTE = ("--runner=DataflowRunner", "--project=p", "--region=r", "--temp_location=gs://b/t")
+
+
+@pytest.mark.parametrize("args, local", [
+    ((), True),
+    (LOCAL_BEAM_ARGS, True),
+    (IN_MEMORY_BEAM_ARGS, True),
+    (("--runner=DirectRunner",), True),
+    (worker_pools.portable_args("localhost:5000"), True),
+    (("--runner=PortableRunner", "--environment_type=PROCESS"), True),
+    (("--runner=PortableRunner", "--environment_type=DOCKER"), False),
+    (("--runner=FlinkRunner",), False),
+    (REMOTE, False),
+])
+def test_which_workers_share_this_environment(args, local):
+    assert runner.workers_share_this_environment(args) is local
+
+
+def _executor_args(beam_args) -> list[str]:
+    executor = statistics_executor.Executor(
+        BaseBeamExecutor.Context(beam_pipeline_args=list(beam_args), tmp_dir="/tmp"))
+    return list(executor._beam_pipeline_args)      # noqa: SLF001 (what TFX's executor will use)
+
+
+def test_a_local_step_builds_no_package_and_a_remote_one_keeps_tfx_packaging():
+    original = dependency_utils.make_beam_dependency_flags
+    with runner.local_workers_need_no_package():
+        local = _executor_args(LOCAL_BEAM_ARGS)
+        remote = _executor_args(REMOTE)
+    assert dependency_utils.make_beam_dependency_flags is original      # restored
+    assert not [a for a in local if a.startswith("--extra_package")]
+    assert local[:len(LOCAL_BEAM_ARGS)] == list(LOCAL_BEAM_ARGS)
+    packages = [a.split("=", 1)[1] for a in remote if a.startswith("--extra_package=")]
+    assert len(packages) == 1 and os.path.isfile(packages[0])           # TFX's sdist, as before
+    shutil.rmtree(packages[0].split("/build/")[0], ignore_errors=True)
