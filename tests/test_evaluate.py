@@ -277,3 +277,21 @@ def test_unknown_slice_feature_is_refused(tmp_path):
                        eval_settings=EvalSettings(slice_features=("colour",)))
     with pytest.raises(ValueError, match="min_recall_at_50"):
         EvalSettings(min_recall_at_50=1.5)
+
+
+def test_the_model_type_is_named_so_tfma_does_not_load_the_model_to_find_it(tmp_path):
+    """TFMA tries a Keras load of an unnamed model; the named type is the one it would find."""
+    import tensorflow_model_analysis as tfma
+    from tensorflow_model_analysis.utils import model_util
+
+    from components.evaluate.config import eval_config
+
+    module = tf.Module()
+    module.fn = tf.function(lambda x: {"y": x * 2.0},
+                            input_signature=[tf.TensorSpec([None], tf.float32)])
+    path = str(tmp_path / "plain")
+    tf.saved_model.save(module, path, signatures={"evaluate": module.fn})
+    spec = eval_config(tiny_spec(str(tmp_path)), EvalSettings()).model_specs[0]
+    assert spec.model_type == tfma.TF_GENERIC
+    assert model_util.get_model_type(
+        tfma.ModelSpec(signature_name=spec.signature_name), path) == tfma.TF_GENERIC

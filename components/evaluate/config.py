@@ -81,7 +81,9 @@ def eval_config(spec: DatasetSpec, settings: EvalSettings) -> tfma.EvalConfig:
     slicing += [tfma.SlicingSpec(feature_keys=[features.item_key(name)])
                 for name in settings.slice_features]
     return tfma.EvalConfig(
-        model_specs=[tfma.ModelSpec(signature_name=SIGNATURE,
+        # The exports are plain SavedModels: named, TFMA does not first try
+        # (and fail) to load each as a Keras model to find out (2 s a model).
+        model_specs=[tfma.ModelSpec(signature_name=SIGNATURE, model_type=tfma.TF_GENERIC,
                                     label_key=features.item_key(spec.item_id))],
         metrics_specs=[tfma.MetricsSpec(metrics=metrics)],
         slicing_specs=slicing)
