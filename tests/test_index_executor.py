@@ -89,6 +89,21 @@ def _build(tmp_path, trained, config, with_queries):
     return outputs[index_executor.SCANN_MODEL_KEY]
 
 
+def test_a_one_process_run_loads_the_trained_model_once(tmp_path, trained, monkeypatch):
+    """The executor and its in-process Beam workers share one load of the Trainer's model."""
+    model_dir = os.path.join(trained[1].uri, index_executor.SERVING_DIR)
+    loads, real_load = [], tf.saved_model.load
+
+    def counted(path, *args, **kwargs):
+        loads.append(path)
+        return real_load(path, *args, **kwargs)
+
+    monkeypatch.setattr(tf.saved_model, "load", counted)
+    scann_model = _build(tmp_path, trained, search.IndexConfig(k=50, min_recall=0.0), True)
+    assert scann_model.get_int_custom_property("items") == N_ITEMS      # the items were embedded
+    assert loads.count(model_dir) <= 1
+
+
 def test_a_recall_below_the_floor_fails_the_step(tmp_path, trained):
     # One leaf of 200 searched, quantized scores, no exact rescoring beyond k.
     poor = search.IndexConfig(k=50, num_leaves=200, leaves_to_search=1, reorder=50,

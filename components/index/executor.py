@@ -10,6 +10,7 @@ from typing import Any, Iterator
 import apache_beam as beam
 import numpy as np
 import tensorflow as tf
+from apache_beam.utils import shared
 from tfx.dsl.components.base import base_beam_executor
 from tfx.types import artifact_utils
 
@@ -66,6 +67,17 @@ def check_recall(measured: float | None, config: search.IndexConfig, n_queries: 
             "or reorder (or lower min_recall).")
 
 
+#: The Trainer's SavedModel, loaded once per process: the executor and the
+#: Beam workers that run in its process (one-process runs) share one load; a
+#: worker process loads its own.
+_MODELS = shared.Shared()
+
+
+def load_model(model_dir: str) -> Any:
+    """The SavedModel in ``model_dir``, shared within this process while it is held."""
+    return _MODELS.acquire(lambda: tf.saved_model.load(model_dir), tag=model_dir)
+
+
 class EmbedItems(beam.DoFn):
     """Embeds batches of serialized raw catalog rows with the item tower."""
 
@@ -73,8 +85,9 @@ class EmbedItems(beam.DoFn):
         self.model_dir, self.id_key = model_dir, id_key
 
     def setup(self) -> None:
-        """Loads the SavedModel once per worker."""
-        self.fn = tf.saved_model.load(self.model_dir).signatures[sig.ITEM_EMBEDDING_EXAMPLES]
+        """Takes the process's SavedModel (:func:`load_model`)."""
+        self.model = load_model(self.model_dir)
+        self.fn = self.model.signatures[sig.ITEM_EMBEDDING_EXAMPLES]
 
     def process(self, batch: list[bytes]) -> Iterator[bytes]:
         """Yields one tf.Example (``id``, ``embedding``) per item."""
@@ -122,6 +135,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         catalog_dir = artifact_utils.get_split_uri(examples, features.CATALOG_SPLIT)
         scann_out = artifact_utils.get_single_instance(output_dict[SCANN_MODEL_KEY])
         embeddings_dir = os.path.join(scann_out.uri, EMBEDDINGS_DIR)
+        query_model = load_model(model_dir)       # held: in-process workers reuse it
         with self._make_beam_pipeline() as pipeline:
             _ = (pipeline
                  | "Read" >> tfrecords.ReadRecords(tfrecords.split_files(catalog_dir))
@@ -130,7 +144,6 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                  | "Write" >> beam.io.WriteToTFRecord(os.path.join(embeddings_dir, "part"),
                                                       file_name_suffix=".gz"))
         ids, items = read_embeddings(embeddings_dir)
-        query_model = tf.saved_model.load(model_dir)
         queries = _query_sample(artifact_utils.get_split_uri(examples, features.EVAL_SPLIT),
                                 config.recall_queries)
         searcher = search.build_scann(items, config)
