@@ -46,6 +46,17 @@ TINY_SPEC = textwrap.dedent("""\
     """)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _no_tfx_package_for_local_workers():
+    """Tests that build TFX Beam executors directly (not through ``pipeline.runner``)
+    skip TFX's packaging of itself for local workers as runs do (it leaves 50 MB
+    in the temporary folder per executor)."""
+    from pipeline import runner
+
+    with runner.local_workers_need_no_package():
+        yield
+
+
 @pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config, items):
     """The slow tests first, in file order: on parallel workers (``make test``
