@@ -17,17 +17,16 @@ resumes; ``--stages`` picks some):
   (``data/movielens-1m``, from ``make run``); the sum of its steps' wall
   times.
 * ``trainer``: examples/s of the default variant on this run's data over
-  examples/s on MovieLens-1M (the ``movielens`` stage's run), built and
-  timed in one process in alternating rounds, as
-  ``benchmarks/train_throughput.py`` does. The same generator at 4,000 items
-  (the control: the same 17 features, a catalog 250x smaller) is timed in
-  the same rounds.
-* ``search``: ScaNN (the IndexBuilder's settings) and brute force search
-  the run's item embeddings for the same real eval queries: ScaNN's
-  recall@10 against brute force (by scores) and its queries/s over brute
-  force's, one query at a time and in batches of 100, with the default
-  leaves searched and with the leaves the export searches (the IndexBuilder
-  raises them until its recall@100 floor is met); then the two exported
+  examples/s on MovieLens-1M (the ``movielens`` stage's run), timed in one
+  process in alternating rounds as ``benchmarks/train_throughput.py`` does,
+  with the same generator at 4,000 items (the control: the same 17
+  features, a catalog 250x smaller).
+* ``search``: ScaNN (the IndexBuilder's settings) and brute force search the
+  run's item embeddings for the same eval queries (after the IndexBuilder's
+  ``recall_queries``): recall@10 against brute force (by scores) and q/s over
+  brute force's, one query at a time and in batches of 100, searching the
+  default leaves, the export's, and those the IndexBuilder's rule
+  (``search.tune_leaves`` on its queries) picks now; then the two exported
   SavedModels, serialized query in, one at a time.
 * ``endpoint``: ``python -m serving.server`` loads the pushed ScaNN export
   (load time and the server's RSS), then ``python -m benchmarks.load`` (its
@@ -59,6 +58,7 @@ import psutil  # noqa: E402
 from benchmarks.common import (  # noqa: E402
     PIPELINE_NAME,
     RESULTS,
+    latest_artifact,
     longest_silence,
     run_watched,
     step_figures,
@@ -127,7 +127,6 @@ def stage_pipeline(args: argparse.Namespace) -> dict[str, object]:
 
 def _evaluator_figures(run_root: str) -> dict[str, object]:
     """The run's Evaluator: overall Recall@50 and examples, and Recall@50 by item bucket."""
-    from benchmarks.common import latest_artifact
     from components.evaluate import config as eval_config
     from components.evaluate import report
     from pipeline import nodes
@@ -145,7 +144,6 @@ def _evaluator_figures(run_root: str) -> dict[str, object]:
 
 
 def _trainer_dirs(run_root: str) -> dict[str, object]:
-    from benchmarks.common import latest_artifact
     from components.correlation import report as correlation_report
     from pipeline import nodes
     from transforms import features
@@ -215,59 +213,61 @@ def _timed(fn, queries: np.ndarray, batch: int) -> tuple[float, np.ndarray]:
 def stage_search(args: argparse.Namespace) -> dict[str, object]:
     """ScaNN against brute force on the run's item embeddings and real eval queries.
 
-    The search alone (query embeddings in, top 10 out): the index is built
-    with the IndexBuilder's settings from the embeddings it wrote; brute
-    force is TensorFlow's matmul and top_k over every item. Then the two
-    exported SavedModels end to end (serialized query in, ids out), one
-    query at a time, as the endpoint calls them.
+    The search alone (query embeddings in, top 10 out; brute force: TF's matmul
+    and top_k over every item), then the two exported SavedModels end to end
+    (serialized query in, ids out), one query at a time, as the endpoint calls them.
     """
     import scann  # noqa: F401  (registers ScaNN's ops before loading)
     import tensorflow as tf
 
-    from benchmarks.common import latest_artifact
     from components import tfrecords
     from components.index import executor as index_executor
     from components.index import search
     from pipeline import nodes
+    from pipeline.report import records
     from serving import signatures as sig
     from transforms import features
 
     run_root = os.path.join(args.work, "run")
     examples = latest_artifact(run_root, nodes.JOIN, "examples")
-    queries = [r.numpy() for r in tfrecords.split_dataset(
-        features.split_dir(examples, features.EVAL_SPLIT)).take(args.queries)]
+    config = search.IndexConfig()
+    split = tfrecords.split_dataset(features.split_dir(examples, features.EVAL_SPLIT))
+    tuning = [r.numpy() for r in split.take(config.recall_queries)]     # the IndexBuilder's
+    queries = [r.numpy() for r in split.skip(config.recall_queries).take(args.queries)]
     scann_dir = latest_artifact(run_root, nodes.INDEX, index_executor.SCANN_MODEL_KEY)
     _, items = index_executor.read_embeddings(os.path.join(scann_dir,
                                                            index_executor.EMBEDDINGS_DIR))
     query_model = tf.saved_model.load(os.path.join(
         latest_artifact(run_root, nodes.trainer("", first=True), "model"),
         index_executor.SERVING_DIR))
-    embedded = search.normalize(query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
-        examples=tf.constant(queries))[sig.EMBEDDING].numpy())
+    embedded, tuning = (search.normalize(query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
+        examples=tf.constant(q))[sig.EMBEDDING].numpy()) for q in (queries, tuning))
     start = time.perf_counter()
-    searcher = search.build_scann(items, search.IndexConfig())
+    searcher = search.build_scann(items, config)
     build_s = time.perf_counter() - start
+    leaves, default_leaves = config.leaves(len(items))
+    tuned, _ = search.tune_leaves(searcher, tuning, search.brute_force(tuning, items, config.k)[0],
+                                  default_leaves, leaves, config.min_recall)
     matrix = tf.constant(search.normalize(items))
 
     @tf.function(input_signature=[tf.TensorSpec([None, items.shape[1]], tf.float32)])
     def brute(q: tf.Tensor) -> tf.Tensor:
         return tf.math.top_k(tf.matmul(q, matrix, transpose_b=True), k=10).values
 
-    from pipeline.report import records
-
     store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
     exported = records.latest(store, NAME, nodes.INDEX).properties[
         index_executor.SCANN_MODEL_KEY][index_executor.LEAVES_PROPERTY]
-    leaves, default_leaves = search.IndexConfig().leaves(len(items))
     values: dict[str, object] = {"search_queries": len(queries),
                                  "scann_build_s": round(build_s, 1), "scann_leaves": leaves,
                                  "scann_leaves_searched": default_leaves,
-                                 "scann_exported_leaves_searched": exported}
+                                 "scann_exported_leaves_searched": exported,
+                                 "scann_tuned_leaves_searched": tuned}
     for batch in (1, 100):
         brute_qps, exact = _timed(lambda q: brute(tf.constant(q)).numpy(), embedded, batch)
         suffix = "" if batch == 1 else f"_batch_{batch}"
         values[f"bruteforce_qps{suffix}"] = round(brute_qps, 1)
-        for name, n in (("", default_leaves), ("_exported_leaves", exported)):
+        for name, n in (("", default_leaves), ("_exported_leaves", exported),
+                        ("_tuned_leaves", tuned)):
             scann_qps, found = _timed(
                 lambda q, n=n: searcher.search_batched(q, final_num_neighbors=10,
                                                        leaves_to_search=n)[1].numpy(),
