@@ -4,10 +4,12 @@ TFX's Beam executors package TFX itself (``setup.py sdist`` of the installed
 TFX, in a new temporary folder, about 50 MB of copies and 1-2 s each) for
 every Beam step whose flags name no package or container, so that remote
 workers can import it. Workers on this machine run this environment already:
-direct-runner workers, and the portable runner's EXTERNAL / PROCESS /
-LOOPBACK workers. For those, :func:`local_workers_need_no_package` skips the
-packaging; flags for any other runner (Dataflow, Flink, Spark with
-containers) keep TFX's behaviour.
+direct-runner workers, and the portable runner's EXTERNAL workers (a
+worker pool such as ``--beam-preset portable-local`` starts; they install
+no staged package) and LOOPBACK ones (in the submitting process). For
+those, :func:`local_workers_need_no_package` skips the packaging; flags for
+any other runner or environment (Dataflow, Flink, Spark, containers,
+PROCESS workers, which install staged packages) keep TFX's behaviour.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ from pipeline.pipeline import create_pipeline
 #: Runners whose workers are processes of this machine's environment.
 LOCAL_RUNNERS = ("DirectRunner", "BundleBasedDirectRunner", "SwitchingDirectRunner")
 #: Portable-runner environments that start workers from this environment.
-LOCAL_ENVIRONMENTS = ("EXTERNAL", "PROCESS", "LOOPBACK")
+LOCAL_ENVIRONMENTS = ("EXTERNAL", "LOOPBACK")
 
 
 def workers_share_this_environment(beam_args: Sequence[str]) -> bool:

@@ -152,3 +152,7 @@ def test_automatic_leaves_are_nearly_the_fewest_that_meet_the_recall_floor():
     assert got == pytest.approx(recall(leaves)) and got >= 0.9
     below = leaves - max(1, int(leaves * search.LEAVES_RESOLUTION))
     assert leaves == total or recall(below) < 0.9                # nearly the fewest
+    # A start that meets the floor is kept: it is the least the index searches.
+    assert recall(start) >= 0.5
+    assert search.tune_leaves(searcher, queries, exact, start, total, 0.5) == (
+        start, pytest.approx(recall(start)))

@@ -109,9 +109,10 @@ def tune_leaves(searcher, queries: np.ndarray, exact_scores: np.ndarray, start: 
     """Nearly the fewest leaves whose recall reaches ``floor``; and that recall.
 
     ``queries`` are normalized; ``exact_scores`` [Q, k] their brute-force top
-    k. ``start`` is doubled until the floor is met, then the count is
-    bisected between the last miss and the first hit until the two are
-    within :data:`LEAVES_RESOLUTION` of the hit (about four more searches).
+    k. ``start`` is kept if it meets the floor; otherwise it is doubled
+    until the floor is met, then the count is bisected between the last
+    miss and the first hit until the two are within
+    :data:`LEAVES_RESOLUTION` of the hit (about four more searches).
     Returns every leaf (``total``) and its recall when no fewer reach it.
     Embeddings spread evenly over the sphere (e.g. a catalog of mostly
     rarely-seen items after a short training) need more leaves for the same
@@ -122,13 +123,12 @@ def tune_leaves(searcher, queries: np.ndarray, exact_scores: np.ndarray, start: 
                                             leaves_to_search=leaves if total > 1 else None)
         return score_recall(np.asarray(scores), exact_scores)
 
-    miss, leaves = 0, max(1, min(start, total))
-    while True:
-        recall = recall_at(leaves)
-        if recall >= floor or leaves >= total:
-            break
+    leaves = max(1, min(start, total))
+    recall, miss = recall_at(leaves), None
+    while recall < floor and leaves < total:
         miss, leaves = leaves, min(total, 2 * leaves)
-    if recall < floor:
+        recall = recall_at(leaves)
+    if miss is None or recall < floor:       # ``start`` is the least searched
         return leaves, recall
     while leaves - miss > max(1, int(leaves * LEAVES_RESOLUTION)):
         middle = (miss + leaves) // 2
