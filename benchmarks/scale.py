@@ -240,14 +240,13 @@ def stage_search(args: argparse.Namespace) -> dict[str, object]:
     query_model = tf.saved_model.load(os.path.join(
         latest_artifact(run_root, nodes.trainer("", first=True), "model"),
         index_executor.SERVING_DIR))
-    embedded, tuning = (search.normalize(query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
-        examples=tf.constant(q))[sig.EMBEDDING].numpy()) for q in (queries, tuning))
+    embedded = search.normalize(query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES](
+        examples=tf.constant(queries))[sig.EMBEDDING].numpy())
     start = time.perf_counter()
     searcher = search.build_scann(items, config)
     build_s = time.perf_counter() - start
     leaves, default_leaves = config.leaves(len(items))
-    tuned, _ = search.tune_leaves(searcher, tuning, search.brute_force(tuning, items, config.k)[0],
-                                  default_leaves, leaves, config.min_recall)
+    _, tuned = index_executor.measure_recall(query_model, searcher, items, tuning, config)
     matrix = tf.constant(search.normalize(items))
 
     @tf.function(input_signature=[tf.TensorSpec([None, items.shape[1]], tf.float32)])
