@@ -84,14 +84,35 @@ def _varint(buf: bytes, pos: int) -> tuple[int, int]:
         shift += 7
 
 
-def _field(payload: bytes) -> bytes:
-    """Field 1, length-delimited: its tag, length and ``payload`` (wire format)."""
-    n, head = len(payload), bytearray(b"\x0a")
+def _field(payload: bytes, tag: int = 0x0A) -> bytes:
+    """A length-delimited field (field 1 by default): tag, length, ``payload`` (wire format)."""
+    n = len(payload)
+    if n < 0x80:                                      # a one-byte length: the common case
+        return bytes((tag, n)) + payload
+    head = bytearray((tag,))
     while n >= 0x80:
         head.append((n & 0x7F) | 0x80)
         n >>= 7
     head.append(n)
     return bytes(head) + payload
+
+
+def bytes_feature(values: Sequence[bytes]) -> bytes:
+    """A serialized ``tf.train.Feature`` whose bytes list holds ``values`` (wire format)."""
+    if len(values) == 1:
+        return _field(_field(values[0]))
+    return _field(b"".join([_field(v) for v in values]))
+
+
+def bytes_example(features: dict[bytes, bytes]) -> bytes:
+    """A serialized ``tf.train.Example`` of ``{key: serialized Feature}``, keys sorted.
+
+    Sorted as protobuf's deterministic serialization orders map entries, so the
+    bytes equal ``Example.SerializeToString(deterministic=True)``. Built on the
+    wire format, without a message per row (the ingest does this per log row).
+    """
+    return _field(b"".join([_field(_field(key) + _field(features[key], 0x12))
+                            for key in sorted(features)]))
 
 
 def renamed_features(serialized: bytes, keys: dict[bytes, bytes]) -> bytes:

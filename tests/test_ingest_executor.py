@@ -89,3 +89,61 @@ def test_duplicate_catalog_id_keep_first_is_counted(tiny_root, tmp_path):
     assert years == [b"1995"]          # the first definition (items.csv) is kept
     assert json.loads(open(os.path.join(examples.uri, "report", "counts.json")).read()) == {
         "duplicate_item": 1, "rows_ok": 4}
+
+
+def _records(examples, split):
+    """The split's Examples, each serialized deterministically (map order fixed), sorted."""
+    pattern = os.path.join(examples.uri, f"Split-{split}", "*")
+    return sorted(tf.train.Example.FromString(r.numpy()).SerializeToString(deterministic=True)
+                  for f in tf.io.gfile.glob(pattern)
+                  for r in tf.data.TFRecordDataset(f, compression_type="GZIP"))
+
+
+def _user(record):
+    return tf.train.Example.FromString(record).features.feature["user"].bytes_list.value[0]
+
+
+@pytest.mark.parametrize("split", [{"eval_percent": 10, "key": "user"}, {"eval_percent": 30}],
+                         ids=["by_user", "by_row"])
+def test_logs_split_as_tfx_example_gen_splits_them(tiny_root, tmp_path, split):
+    """Shards written while reading hold exactly ExampleGen's own split of the rows."""
+    spec = tiny_spec(tiny_root, split=split)
+    for part in range(2):
+        rows = "".join(f"u{part}-{i % 97},s{part}-{i},{'bc'[i % 2]},{['mobile', ''][i % 3 == 0]}\n"
+                       for i in range(600))
+        write(os.path.join(spec.logs.base, "span-4", f"p{part}.csv"),
+              "user,seed,item,device\n" + rows)
+    examples = _ingest(spec, tables.LOGS, "span-4/*.csv", tmp_path / "out")
+    # ExampleGen's own path: TFX's split of the records the input transform returns.
+    stock = standard_artifacts.Examples()
+    stock.uri = str(tmp_path / "stock")
+    stock.split_names = '["train", "eval"]'
+    props = dict(ContractExampleGen(spec, tables.LOGS).exec_properties)
+    input_config = example_gen_pb2.Input()
+    proto_utils.json_to_proto(props["input_config"], input_config)
+    input_config.splits[0].pattern = "span-4/*.csv"
+    props["input_config"] = proto_utils.proto_to_json(input_config)
+    props[executor.REPORT_DIR_KEY] = str(tmp_path / "stock" / "report")
+    executor.Executor()._write_records(props, [stock])
+    train, evaluation = _records(examples, "train"), _records(examples, "eval")
+    assert train == _records(stock, "train") and evaluation == _records(stock, "eval")
+    assert len(train) + len(evaluation) == 1200
+    if "key" in split:     # hand check: a user's rows share one split, ~10% of users in eval
+        eval_users, train_users = {_user(r) for r in evaluation}, {_user(r) for r in train}
+        assert not eval_users & train_users
+        assert 0 < len(eval_users) < 0.3 * (len(eval_users) + len(train_users))
+    else:                  # by row: ~30% of the rows in eval
+        assert 0.2 * 1200 < len(evaluation) < 0.4 * 1200
+    shards = sorted(os.listdir(tmp_path / "out" / "Split-train"))
+    assert shards == ["data_tfrecord-00000-of-00002.gz", "data_tfrecord-00001-of-00002.gz"]
+    assert not os.path.exists(tmp_path / "out" / ".tmp")
+
+
+def test_failed_log_ingest_leaves_no_temporary_shards(tiny_root, tmp_path):
+    spec = tiny_spec(tiny_root, on_bad_input__malformed_row="error")
+    write(os.path.join(spec.logs.base, "span-5", "p.csv"),
+          "user,seed,item,device\nu1,a,b,mobile\nu2,a\n")
+    with pytest.raises(Exception, match=r"p.csv:3: expected 4 fields"):
+        _ingest(spec, tables.LOGS, "span-5/*.csv", tmp_path / "out")
+    assert not os.path.exists(tmp_path / "out" / ".tmp")
+    assert not tf.io.gfile.glob(str(tmp_path / "out" / "Split-*" / "*"))

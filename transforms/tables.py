@@ -12,11 +12,11 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-from typing import Iterable, Iterator, Optional, Union
+from typing import Any, Callable, Iterable, Iterator, Optional, Union
 
 import tensorflow as tf
 
-from transforms.spec import DatasetSpec
+from transforms.spec import DatasetSpec, is_url
 
 LOGS, CATALOG = "logs", "catalog"
 
@@ -130,18 +130,30 @@ def _values(cell: str, separator: Optional[str]) -> list[bytes]:
     return [v.strip().encode() for v in cell.split(separator) if v.strip()]
 
 
-def parse_row(fields: list[str], width: int, index: dict[str, int], table: Table,
-              location: str) -> Union[Row, Reject]:
-    """Turns the CSV ``fields`` of one row into a :class:`Row` or :class:`Reject`."""
+def parse_values(fields: list[str], width: int, index: dict[str, int], table: Table,
+                 location: str) -> Union[dict[str, list[bytes]], Reject]:
+    """The CSV ``fields`` of one row as ``{column: values}`` (the table's columns) or a Reject."""
     if len(fields) != width:
         return Reject(MALFORMED, location,
                       f"expected {width} fields as in the header, got {len(fields)}")
-    example = tf.train.Example()
+    row = {}
     for column in table.columns:
         values = _values(fields[index[column]], table.separators.get(column))
         if column in table.id_columns and not values:
             return Reject(MALFORMED, location, f"empty required column '{column}'")
-        example.features.feature[column].bytes_list.value.extend(values)
+        row[column] = values
+    return row
+
+
+def parse_row(fields: list[str], width: int, index: dict[str, int], table: Table,
+              location: str) -> Union[Row, Reject]:
+    """Turns the CSV ``fields`` of one row into a :class:`Row` or :class:`Reject`."""
+    values = parse_values(fields, width, index, table, location)
+    if isinstance(values, Reject):
+        return values
+    example = tf.train.Example()
+    for column in table.columns:
+        example.features.feature[column].bytes_list.value.extend(values[column])
     key = None
     if table.kind == CATALOG:
         key = fields[index[table.id_columns[0]]].strip()
@@ -158,15 +170,20 @@ def _decoded(lines: Iterable[bytes], encoding: str, path: str,
             yield ""
 
 
-def read_file(path: str, table: Table) -> Iterator[Union[Row, Reject]]:
+def read_file(path: str, table: Table, parse: Callable[..., Any] = parse_row
+              ) -> Iterator[Union[Row, Reject]]:
     """Reads one CSV file of ``table``; yields rows and rejects in file order.
+
+    ``parse`` turns a row's fields into what is yielded: :func:`parse_row`
+    (a :class:`Row`) or :func:`parse_values` (``{column: values}``).
 
     Raises:
       InputError: a structural problem, or a malformed row when the spec's
         ``malformed_row`` policy is ``error``.
     """
     bad: list[Reject] = []
-    with tf.io.gfile.GFile(path, "rb") as f:
+    # Python's own file reads lines about 10x faster than GFile; GFile for remote files.
+    with (tf.io.gfile.GFile(path, "rb") if is_url(path) else open(path, "rb")) as f:
         reader = csv.reader(_decoded(f, table.encoding, path, bad))
         header = next(reader, None)
         index = check_header(header, table, path)
@@ -174,11 +191,11 @@ def read_file(path: str, table: Table) -> Iterator[Union[Row, Reject]]:
         for fields in reader:
             location = f"{path}:{reader.line_num}"
             if bad:
-                result: Union[Row, Reject] = bad.pop()
+                result = bad.pop()
             elif not fields or (len(fields) == 1 and not fields[0].strip()):
                 continue
             else:
-                result = parse_row(fields, width, index, table, location)
+                result = parse(fields, width, index, table, location)
             if isinstance(result, Reject) and table.malformed_row == "error":
                 raise InputError(
                     f"{result.location}: {result.reason}. Fix the row, or set "

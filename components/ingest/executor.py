@@ -7,12 +7,20 @@ ids. Every reject is written to ``<examples>/report/rejects*.tsv`` and counted
 in ``<examples>/report/counts.json``; the counts also become custom
 properties of the Examples artefact. A table or span with no valid row fails
 the component, so no empty artefact is ever published.
+
+Log files are split and written by the step that reads them (TFX's own hash
+partition, one shard per input file and split): a per-row Beam stage for
+the split, the serialization and the write cost more than the parsing.
 """
 
 from __future__ import annotations
 
+import bisect
+import hashlib
+import itertools
 import json
 import os
+import uuid
 from typing import Any, Iterable, Iterator, Union
 
 import apache_beam as beam
@@ -23,6 +31,7 @@ from tfx.proto import example_gen_pb2
 from tfx.types import artifact_utils, standard_component_specs
 from tfx.utils import proto_utils
 
+from components import tfrecords
 from transforms import tables
 from transforms.spec import SPEC_PARAMETER, spec_from_json
 
@@ -56,6 +65,57 @@ class _ReadFile(beam.DoFn):
             ok += 1
             yield ((result.key, (result.location, result.example.SerializeToString()))
                    if catalog else result.example)
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (ROWS_OK, ok))
+
+
+class _SplitAndWriteFile(beam.DoFn):
+    """Log file ``i`` of ``n`` -> one GZIP TFRecord shard per output split; rejects; counts.
+
+    Each row goes to the split TFX's ExampleGen gives it (``_PartitionFn``'s
+    rule: the SHA-256 of the split key's serialized Feature, or of the whole
+    deterministically serialized Example, into hash buckets), so the splits
+    equal ExampleGen's. Rows are serialized on the wire format
+    (:func:`tfrecords.bytes_example`). A shard is written under a temporary
+    name and renamed when complete, so a retried or failed bundle never
+    leaves a partial shard under a final name.
+    """
+
+    def __init__(self, table: tables.Table, split_config: example_gen_pb2.SplitConfig,
+                 split_dirs: list[str], tmp_dir: str) -> None:
+        self.table = table
+        self.split_key = split_config.partition_feature_name or None
+        self.buckets = list(itertools.accumulate(s.hash_buckets for s in split_config.splits))
+        self.split_dirs = split_dirs
+        self.tmp_dir = tmp_dir
+
+    def process(self, indexed: tuple[int, int, str]) -> Iterator[Any]:
+        index, n_files, path = indexed
+        name = f"{write_split.DEFAULT_FILE_NAME}-{index:05d}-of-{n_files:05d}.gz"
+        attempt = os.path.join(self.tmp_dir, uuid.uuid4().hex)
+        tf.io.gfile.makedirs(attempt)
+        temps = [os.path.join(attempt, f"{i}-{name}") for i in range(len(self.split_dirs))]
+        writers = [tf.io.TFRecordWriter(t, options="GZIP") for t in temps]
+        keys = {column: column.encode() for column in self.table.columns}
+        ok, total = 0, self.buckets[-1]
+        try:
+            for row in tables.read_file(path, self.table, parse=tables.parse_values):
+                if isinstance(row, tables.Reject):
+                    yield beam.pvalue.TaggedOutput(REJECTS_TAG, row)
+                    continue
+                ok += 1
+                encoded = {column: tfrecords.bytes_feature(values)
+                           for column, values in row.items()}
+                record = tfrecords.bytes_example({keys[c]: f for c, f in encoded.items()})
+                key = record if self.split_key is None else encoded[self.split_key]
+                bucket = int(hashlib.sha256(key).hexdigest(), 16) % total
+                writers[bisect.bisect(self.buckets, bucket)].write(record)
+        finally:
+            for writer in writers:
+                writer.close()
+        for temp, split_dir in zip(temps, self.split_dirs):
+            tf.io.gfile.makedirs(split_dir)
+            tf.io.gfile.rename(temp, os.path.join(split_dir, name), overwrite=True)
+        tf.io.gfile.rmtree(attempt)
         yield beam.pvalue.TaggedOutput(COUNTS_TAG, (ROWS_OK, ok))
 
 
@@ -112,6 +172,38 @@ def _WriteReport(  # pylint: disable=invalid-name
                 os.path.join(report_dir, COUNTS_FILE), shard_name_template=""))
 
 
+def _table_files(exec_properties: dict[str, Any], split_pattern: str
+                 ) -> tuple[tables.Table, list[str]]:
+    """The table read and its files matching ``split_pattern`` (sorted; none is an error)."""
+    spec = spec_from_json(exec_properties[SPEC_PARAMETER])
+    table = tables.table_for(spec, exec_properties[TABLE_KEY])
+    input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
+    files = sorted(tf.io.gfile.glob(os.path.join(input_base, split_pattern)))
+    if not files:
+        raise tables.InputError(
+            f"no {table.kind} file matches {os.path.join(input_base, split_pattern)}; "
+            "check the spec's path and pattern.")
+    return table, files
+
+
+@beam.ptransform_fn
+@beam.typehints.with_input_types(beam.Pipeline)
+def _SplitLogFiles(  # pylint: disable=invalid-name
+    pipeline: beam.Pipeline, exec_properties: dict[str, Any], split_pattern: str,
+    split_config: example_gen_pb2.SplitConfig, split_dirs: list[str], tmp_dir: str
+) -> beam.pvalue.PDone:
+    """Reads, splits and writes the log files matching ``split_pattern``; writes the report."""
+    table, files = _table_files(exec_properties, split_pattern)
+    parsed = (pipeline
+              | "Files" >> beam.Create([(i, len(files), f) for i, f in enumerate(files)])
+              | "Spread" >> beam.Reshuffle()
+              | "SplitAndWrite" >> beam.ParDo(
+                  _SplitAndWriteFile(table, split_config, split_dirs, tmp_dir)).with_outputs(
+                      REJECTS_TAG, COUNTS_TAG, main="none"))
+    return parsed[COUNTS_TAG] | "Report" >> _WriteReport(
+        parsed[REJECTS_TAG], exec_properties[REPORT_DIR_KEY])
+
+
 @beam.ptransform_fn
 @beam.typehints.with_input_types(beam.Pipeline)
 def _ContractCsvToExample(  # pylint: disable=invalid-name
@@ -122,14 +214,7 @@ def _ContractCsvToExample(  # pylint: disable=invalid-name
     Log rows stay ``tf.train.Example`` protos (ExampleGen splits them by a
     feature); catalog rows leave the id de-duplication serialized.
     """
-    spec = spec_from_json(exec_properties[SPEC_PARAMETER])
-    table = tables.table_for(spec, exec_properties[TABLE_KEY])
-    input_base = exec_properties[standard_component_specs.INPUT_BASE_KEY]
-    files = sorted(tf.io.gfile.glob(os.path.join(input_base, split_pattern)))
-    if not files:
-        raise tables.InputError(
-            f"no {table.kind} file matches {os.path.join(input_base, split_pattern)}; "
-            "check the spec's path and pattern.")
+    table, files = _table_files(exec_properties, split_pattern)
     parsed = (pipeline
               | "Files" >> beam.Create(files)
               | "Spread" >> beam.Reshuffle()
@@ -192,7 +277,8 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         """ExampleGen's own ``Do`` without its shuffle of every record before writing.
 
         Downstream steps (statistics, the join) do not depend on record
-        order, and the Trainer shuffles what it reads.
+        order, and the Trainer shuffles what it reads. Logs with output
+        splits are split and written as they are read (:class:`_SplitAndWriteFile`).
         """
         keys = standard_component_specs
         input_config, output_config = example_gen_pb2.Input(), example_gen_pb2.Output()
@@ -202,14 +288,21 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
         for artifact in outputs:
             artifact.split_names = artifact_utils.encode_split_names(
                 utils.generate_output_split_names(input_config, output_config))
-        with self._make_beam_pipeline() as pipeline:
-            for split, records in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
-                _ = (records
-                     | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
-                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                         os.path.join(artifact_utils.get_split_uri(outputs, split),
-                                      write_split.DEFAULT_FILE_NAME),
-                         file_name_suffix=".gz"))
+        split_config = output_config.split_config
+        if exec_properties[TABLE_KEY] == tables.LOGS and split_config.splits:
+            split_dirs = [artifact_utils.get_split_uri(outputs, split.name)
+                          for split in split_config.splits]
+            tmp_dir = os.path.join(artifact_utils.get_single_uri(outputs), ".tmp")
+            try:
+                with self._make_beam_pipeline() as pipeline:
+                    _ = pipeline | "InputToRecord" >> _SplitLogFiles(  # pylint: disable=no-value-for-parameter
+                        exec_properties, input_config.splits[0].pattern, split_config,
+                        split_dirs, tmp_dir)
+            finally:
+                if tf.io.gfile.exists(tmp_dir):
+                    tf.io.gfile.rmtree(tmp_dir)
+        else:
+            self._write_records(exec_properties, outputs)
         payload_format = exec_properties.get(keys.OUTPUT_DATA_FORMAT_KEY)
         file_format = exec_properties.get(keys.OUTPUT_FILE_FORMAT_KEY)
         for artifact in outputs:
@@ -218,3 +311,14 @@ class Executor(base_example_gen_executor.BaseExampleGenExecutor):
             if file_format:
                 examples_utils.set_file_format(artifact,
                                                write_split.to_file_format_str(file_format))
+
+    def _write_records(self, exec_properties: dict[str, Any], outputs: list[Any]) -> None:
+        """ExampleGen's write of each split the input transform returns (the catalog)."""
+        with self._make_beam_pipeline() as pipeline:
+            for split, records in self.GenerateExamplesByBeam(pipeline, exec_properties).items():
+                _ = (records
+                     | f"Serialize[{split}]" >> beam.ParDo(write_split.MaybeSerialize())
+                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                         os.path.join(artifact_utils.get_split_uri(outputs, split),
+                                      write_split.DEFAULT_FILE_NAME),
+                         file_name_suffix=".gz"))
