@@ -16,6 +16,7 @@ does, so it runs unchanged on any runner (TensorFlow's file systems read
 from __future__ import annotations
 
 import os
+import uuid
 from typing import Any, Callable, Iterable, Iterator, Optional, Sequence
 
 import apache_beam as beam
@@ -233,3 +234,48 @@ def ReadFiles(  # noqa: N802  pylint: disable=invalid-name
 def ReadRecords(files: Sequence[str]) -> beam.PTransform:  # noqa: N802
     """The serialized records of ``files`` (a path list resolved at construction)."""
     return ReadFiles(files, read_file)
+
+
+def shard_name(prefix: str, index: int, count: int) -> str:
+    """``<prefix>-<index>-of-<count>.gz``: shard ``index`` of ``count``, as Beam names them."""
+    return f"{prefix}-{index:05d}-of-{count:05d}.gz"
+
+
+class ShardWriters:
+    """GZIP TFRecord writers, one per key, for a worker that writes its own shards.
+
+    Each shard is written under a temporary name in ``tmp_dir`` and renamed
+    to its final path only when the ``with`` block ends without error, so a
+    failed or retried bundle never leaves a partial shard under a final name
+    (the guarantee Beam's file sinks give).
+
+    Args:
+      finals: key -> the shard's final path.
+      tmp_dir: folder for shards being written (created; this attempt's own
+        subfolder is removed when the block ends).
+    """
+
+    def __init__(self, finals: dict[Any, str], tmp_dir: str) -> None:
+        self.finals = finals
+        self.attempt = os.path.join(tmp_dir, uuid.uuid4().hex)
+
+    def __enter__(self) -> ShardWriters:
+        tf.io.gfile.makedirs(self.attempt)
+        self.temps = {key: os.path.join(self.attempt, f"{i}.gz")
+                      for i, key in enumerate(self.finals)}
+        self.writers = {key: tf.io.TFRecordWriter(path, options="GZIP")
+                        for key, path in self.temps.items()}
+        return self
+
+    def write(self, key: Any, record: bytes) -> None:
+        """Appends ``record`` to the shard of ``key``."""
+        self.writers[key].write(record)
+
+    def __exit__(self, kind: Any, *_: Any) -> None:
+        for writer in self.writers.values():
+            writer.close()
+        if kind is None:
+            for key, final in self.finals.items():
+                tf.io.gfile.makedirs(os.path.dirname(final))
+                tf.io.gfile.rename(self.temps[key], final, overwrite=True)
+        tf.io.gfile.rmtree(self.attempt)

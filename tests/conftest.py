@@ -71,6 +71,17 @@ def write(path: str, text: str) -> str:
     return path
 
 
+def _whole(part):
+    return part
+
+
+def log_source(rows, parts=3):
+    """``(split, row)`` log rows as a join LogSource of ``parts`` in-memory parts."""
+    from components.join import beam_join
+
+    return beam_join.LogSource([rows[i::parts] for i in range(parts)], _whole)
+
+
 def tiny_spec(root: str, **overrides: object) -> DatasetSpec:
     import yaml
 

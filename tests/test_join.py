@@ -5,8 +5,8 @@ import pytest
 import tensorflow as tf
 from apache_beam.testing.util import assert_that, equal_to
 
-from components.join import beam_join
-from tests.conftest import tiny_spec
+from components.join import beam_join, strategies
+from tests.conftest import log_source, tiny_spec
 from transforms import features, tables
 
 
@@ -51,8 +51,8 @@ def test_join_attaches_features_counts_and_buckets(tiny_root):
             ("eval", _log(b"b", b"d")), ("train", _log(b"q", b"a")),   # unknown query
             ("train", _log(b"a", b"zz")), ("eval", _log(b"b", b"zz"))]  # unknown item
     with beam.Pipeline() as p:
-        examples, rejects, counts, _ = (p | beam_join.JoinLogsWithCatalog(
-            beam.Create(catalog), beam.Create(logs), spec))
+        examples, rejects, counts, _, _ = (p | strategies.JoinLogsWithCatalog(
+            beam.Create(catalog), log_source(logs), spec))
         # Seen in training: b twice, c once -> 2 items, head = ceil(0.5*2) = 1 -> b.
         assert_that(examples | beam.Map(_decode), equal_to([
             ("train", "head", [b"a"], [b"b"], [b"x", b"y"], [b"y"], [b"m"], 2, 0),
@@ -74,9 +74,9 @@ def test_unknown_item_policy_error_names_the_id(tiny_root):
     spec = tiny_spec(tiny_root, on_bad_input__unknown_item="error")
     with pytest.raises(Exception, match=r"item id 'zz' is not in the catalog \(1 log rows\)"):
         with beam.Pipeline() as p:
-            _ = p | beam_join.JoinLogsWithCatalog(
+            _ = p | strategies.JoinLogsWithCatalog(
                 beam.Create([_catalog(b"a", [], [])]),
-                beam.Create([("train", _log(b"a", b"zz"))]), spec)
+                log_source([("train", _log(b"a", b"zz"))]), spec)
 
 
 def test_held_out_items_leave_training_and_are_counted(tiny_root):

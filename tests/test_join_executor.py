@@ -36,7 +36,7 @@ def _anomalies(tmp_path, name, found):
     return artifact
 
 
-def _join(spec, tmp_path, logs, logs_found=False):
+def _join(spec, tmp_path, logs, logs_found=False, **properties):
     catalog = _ingest(spec, tables.CATALOG, "*.csv", tmp_path / "catalog")
     component = JoinExamples(spec, *(types.Channel(type=t) for t in (
         standard_artifacts.Examples, standard_artifacts.Examples,
@@ -48,7 +48,7 @@ def _join(spec, tmp_path, logs, logs_found=False):
          join_executor.LOGS_ANOMALIES_KEY: [_anomalies(tmp_path, "la", logs_found)],
          join_executor.CATALOG_ANOMALIES_KEY: [_anomalies(tmp_path, "ca", False)]},
         {join_executor.EXAMPLES_KEY: [examples], join_executor.SCHEMA_KEY: [schema]},
-        dict(component.exec_properties))
+        {**component.exec_properties, **properties})
     return examples
 
 

@@ -11,9 +11,9 @@ import tensorflow as tf
 from tfx.types import standard_artifacts
 
 from components.ingest import executor as ingest_executor
-from components.join import beam_join
+from components.join import beam_join, strategies
 from components.join import executor as join_executor
-from tests.conftest import tiny_spec
+from tests.conftest import log_source, tiny_spec
 
 
 def _random_case(seed: int) -> tuple[list, list]:
@@ -50,8 +50,8 @@ def _canonical(line: str) -> tuple:
 def _run(spec, catalog, logs, strategy, out_dir):
     """Runs the join; returns (canonical examples, rejects, counts), each sorted."""
     with beam.Pipeline() as p:
-        examples, rejects, counts, moved = (p | beam_join.JoinLogsWithCatalog(
-            beam.Create(catalog), beam.Create(logs), spec, strategy))
+        examples, rejects, counts, moved, _ = (p | strategies.JoinLogsWithCatalog(
+            beam.Create(catalog), log_source(logs), spec, strategy))
         for name, pcoll, fn in [
                 ("examples", examples, lambda e: json.dumps([e[0], e[1], e[2].hex()])),
                 ("rejects", rejects, lambda r: json.dumps([r.kind, r.location, r.n_rows])),
@@ -100,15 +100,15 @@ def test_unknown_item_error_names_the_id_and_count(tiny_root, strategy):
     logs = [("train", {"seed": [b"a"], "item": [b"zz"], "device": [b"m"], "user": [b"u"]})] * 3
     with pytest.raises(Exception, match=r"item id 'zz' is not in the catalog \(3 log rows\)"):
         with beam.Pipeline() as p:
-            _ = p | beam_join.JoinLogsWithCatalog(
-                beam.Create([{"item_id": [b"a"]}]), beam.Create(logs), spec, strategy)
+            _ = p | strategies.JoinLogsWithCatalog(
+                beam.Create([{"item_id": [b"a"]}]), log_source(logs), spec, strategy)
 
 
 def test_unknown_strategy_is_refused(tiny_root):
     with pytest.raises(ValueError, match="join strategy must be one of"):
         with beam.Pipeline() as p:
-            _ = p | beam_join.JoinLogsWithCatalog(
-                beam.Create([]), beam.Create([]), tiny_spec(tiny_root), "broadcast")
+            _ = p | strategies.JoinLogsWithCatalog(
+                beam.Create([]), log_source([]), tiny_spec(tiny_root), "broadcast")
 
 
 def _catalog_artifact(n_rows):
@@ -155,3 +155,49 @@ def test_a_join_that_loses_rows_is_refused():
         join_executor.check_complete(dict(summary, catalog=9), _catalog_artifact(10), logs)
     with pytest.raises(RuntimeError, match="accounted for 99 of the 100 log rows"):
         join_executor.check_complete(dict(summary, eval=14), _catalog_artifact(10), logs)
+
+
+def _split_records(examples, split):
+    """The split's Examples, each serialized deterministically, sorted."""
+    folder = os.path.join(examples.uri, f"Split-{split}")
+    return sorted(tf.train.Example.FromString(r.numpy()).SerializeToString(deterministic=True)
+                  for f in glob.glob(os.path.join(folder, "*"))
+                  for r in tf.data.TFRecordDataset(f, compression_type="GZIP"))
+
+
+def test_executor_strategies_write_identical_splits_and_summaries(tiny_root, tmp_path):
+    """The side-input join's workers write the log splits themselves: same output as shuffle."""
+    from tests.test_ingest_executor import _ingest
+    from tests.test_join_executor import _join
+
+    spec = tiny_spec(tiny_root, head_fraction=0.2, split__cold_item_percent=10)
+    catalog, logs = _random_case(3)
+    lines = ["item_id,genre,year"] + [
+        f"{r['item_id'][0].decode()},{'|'.join(g.decode() for g in r['genre'])},"
+        f"{b''.join(r['year']).decode()}" for r in catalog]
+    with open(os.path.join(spec.catalog.base, "items.csv"), "w") as f:
+        f.write("\n".join(lines) + "\n")
+    for part in range(3):                          # three log files: three parts per split
+        rows = [f"u{i % 50},{r['seed'][0].decode()},{r['item'][0].decode()},"
+                f"{r['device'][0].decode()}" for i, (_, r) in enumerate(logs) if i % 3 == part]
+        path = os.path.join(spec.logs.base, "span-6", f"p{part}.csv")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        with open(path, "w") as f:
+            f.write("user,seed,item,device\n" + "\n".join(rows) + "\n")
+    ingested = _ingest(spec, "logs", "span-6/*.csv", tmp_path / "logs")
+    side = _join(spec, tmp_path / "side", ingested, side_input_max_items=10**6)
+    shuffle = _join(spec, tmp_path / "shuffle", ingested, side_input_max_items=0)
+    assert side.get_string_custom_property(join_executor.STRATEGY_PROPERTY) == "side_input"
+    assert shuffle.get_string_custom_property(join_executor.STRATEGY_PROPERTY) == "shuffle"
+    for split in ("train", "eval", "catalog"):
+        assert _split_records(side, split) == _split_records(shuffle, split)
+    summary = join_executor.read_summary(side.uri)
+    assert summary == join_executor.read_summary(shuffle.uri)
+    assert len(_split_records(side, "train")) == summary["train"] > 0
+    assert summary["rejected_unknown_item"] > 0 and summary["moved_to_eval_cold_items"] > 0
+    assert summary["train"] + summary["eval"] + summary["rejected_unknown_item"] == len(logs)
+    n_ingested = sum(len(glob.glob(os.path.join(ingested.uri, f"Split-{s}", "*")))
+                     for s in ("train", "eval"))
+    # One shard per part (ingested file) and split: rows move from train to eval.
+    assert len(glob.glob(os.path.join(side.uri, "Split-train", "*"))) == n_ingested == 6
+    assert not os.path.exists(os.path.join(side.uri, ".tmp"))

@@ -20,7 +20,6 @@ import hashlib
 import itertools
 import json
 import os
-import uuid
 from typing import Any, Iterable, Iterator, Union
 
 import apache_beam as beam
@@ -90,14 +89,12 @@ class _SplitAndWriteFile(beam.DoFn):
 
     def process(self, indexed: tuple[int, int, str]) -> Iterator[Any]:
         index, n_files, path = indexed
-        name = f"{write_split.DEFAULT_FILE_NAME}-{index:05d}-of-{n_files:05d}.gz"
-        attempt = os.path.join(self.tmp_dir, uuid.uuid4().hex)
-        tf.io.gfile.makedirs(attempt)
-        temps = [os.path.join(attempt, f"{i}-{name}") for i in range(len(self.split_dirs))]
-        writers = [tf.io.TFRecordWriter(t, options="GZIP") for t in temps]
+        finals = {i: tfrecords.shard_name(os.path.join(split_dir, write_split.DEFAULT_FILE_NAME),
+                                          index, n_files)
+                  for i, split_dir in enumerate(self.split_dirs)}
         keys = {column: column.encode() for column in self.table.columns}
         ok, total = 0, self.buckets[-1]
-        try:
+        with tfrecords.ShardWriters(finals, self.tmp_dir) as shards:
             for row in tables.read_file(path, self.table, parse=tables.parse_values):
                 if isinstance(row, tables.Reject):
                     yield beam.pvalue.TaggedOutput(REJECTS_TAG, row)
@@ -108,14 +105,7 @@ class _SplitAndWriteFile(beam.DoFn):
                 record = tfrecords.bytes_example({keys[c]: f for c, f in encoded.items()})
                 key = record if self.split_key is None else encoded[self.split_key]
                 bucket = int(hashlib.sha256(key).hexdigest(), 16) % total
-                writers[bisect.bisect(self.buckets, bucket)].write(record)
-        finally:
-            for writer in writers:
-                writer.close()
-        for temp, split_dir in zip(temps, self.split_dirs):
-            tf.io.gfile.makedirs(split_dir)
-            tf.io.gfile.rename(temp, os.path.join(split_dir, name), overwrite=True)
-        tf.io.gfile.rmtree(attempt)
+                shards.write(bisect.bisect(self.buckets, bucket), record)
         yield beam.pvalue.TaggedOutput(COUNTS_TAG, (ROWS_OK, ok))
 
 

@@ -15,7 +15,7 @@ from tfx.utils import io_utils
 
 from components import tfrecords
 from components.ingest import executor as ingest_executor
-from components.join import anomalies, beam_join
+from components.join import anomalies, beam_join, strategies
 from transforms import features, tables
 from transforms.schema import joined_schema
 from transforms.spec import SPEC_PARAMETER, spec_from_json
@@ -31,6 +31,8 @@ STRATEGY_PROPERTY = "join_strategy"
 REPORT_DIR = "report"
 SUMMARY_FILE = "summary.json"
 SCHEMA_FILE = "schema.pbtxt"
+#: File prefix of the joined splits' shards.
+DATA_PREFIX = "data_tfrecord"
 #: Summary key of the log rows rejected for naming an item not in the catalog.
 REJECTED_UNKNOWN = f"rejected_{tables.UNKNOWN}"
 
@@ -54,16 +56,18 @@ class _BySplit(beam.DoFn):
         yield beam.pvalue.TaggedOutput(row[0], row[2])
 
 
-def _summary_pairs(examples: beam.PCollection, rejects: beam.PCollection,
-                   moved: beam.PCollection) -> beam.PCollection:
-    keys = examples | "KeySplitAndBucket" >> beam.FlatMap(
-        lambda e: ((e[0], 1), (f"{e[0]}_{e[1]}", 1)))
-    bad = rejects | "KeyReject" >> beam.Map(lambda r: (f"rejected_{r.kind}", r.n_rows))
-    zeros = examples.pipeline | "Zeros" >> beam.Create(
+def _summary_pairs(joined: beam_join.Joined) -> beam.PCollection:
+    rows = joined.examples | "OneRow" >> beam.Map(lambda e: ((e[0], e[1]), 1))
+    keys = ((rows, joined.written)
+            | "RowsAndWritten" >> beam.Flatten()
+            | "KeySplitAndBucket" >> beam.FlatMapTuple(
+                lambda key, n: ((key[0], n), (f"{key[0]}_{key[1]}", n))))
+    bad = joined.rejects | "KeyReject" >> beam.Map(lambda r: (f"rejected_{r.kind}", r.n_rows))
+    zeros = rows.pipeline | "Zeros" >> beam.Create(
         [(s, 0) for s in features.JOINED_SPLITS]
         + [(f"{s}_{b}", 0) for s in features.JOINED_SPLITS for b in features.BUCKETS]
         + [(REJECTED_UNKNOWN, 0)])
-    return ((keys, bad, moved, zeros)
+    return ((keys, bad, joined.moved, zeros)
             | "AllKeys" >> beam.Flatten()
             | "Sum" >> beam.CombinePerKey(sum))
 
@@ -145,32 +149,40 @@ class Executor(base_beam_executor.BaseBeamExecutor):
         strategy = choose_strategy(catalog, int(exec_properties[SIDE_INPUT_MAX_ITEMS_KEY]))
         log_files = [(split, path)
                      for logs in sorted(input_dict[LOGS_KEY], key=lambda a: a.span)
-                     for split in (features.TRAIN_SPLIT, features.EVAL_SPLIT)
+                     for split in features.LOG_SPLITS
                      for path in _split_files(logs, split)]
-        with self._make_beam_pipeline() as pipeline:
-            catalog_rows = tfrecords.ReadFiles(_split_files(catalog, features.CATALOG_SPLIT),
-                                               tfrecords.read_rows)
-            joined, rejects, _, moved = pipeline | "Join" >> beam_join.JoinLogsWithCatalog(
-                catalog_rows,
-                tfrecords.ReadFiles(log_files, functools.partial(
-                    _tagged_rows, columns=spec.log_columns())),
-                spec, strategy)
-            by_split = joined | "BySplit" >> beam.ParDo(_BySplit()).with_outputs(
-                *features.JOINED_SPLITS)
-            for split in features.JOINED_SPLITS:
-                _ = (by_split[split]
-                     | f"Write[{split}]" >> beam.io.WriteToTFRecord(
-                         os.path.join(artifact_utils.get_split_uri([examples], split),
-                                      "data_tfrecord"), file_name_suffix=".gz"))
-            _ = (rejects
-                 | "RejectLines" >> beam.Map(lambda r: r.line())
-                 | "WriteRejects" >> beam.io.WriteToText(
-                     os.path.join(report_dir, "rejects"), file_name_suffix=".tsv"))
-            _ = (_summary_pairs(joined, rejects, moved)
-                 | "SummaryList" >> beam.combiners.ToList()
-                 | "SummaryJson" >> beam.Map(lambda kv: json.dumps(dict(sorted(kv))))
-                 | "WriteSummary" >> beam.io.WriteToText(
-                     os.path.join(report_dir, SUMMARY_FILE), shard_name_template=""))
+        prefix = {split: os.path.join(artifact_utils.get_split_uri([examples], split),
+                                      DATA_PREFIX) for split in features.JOINED_SPLITS}
+        sink = None
+        if strategy == beam_join.SIDE_INPUT:        # its workers write the log splits
+            sink = beam_join.ShardSink({s: prefix[s] for s in features.LOG_SPLITS},
+                                       os.path.join(examples.uri, ".tmp"))
+        logs = beam_join.LogSource(log_files, functools.partial(
+            _tagged_rows, columns=spec.log_columns()))
+        try:
+            with self._make_beam_pipeline() as pipeline:
+                joined = pipeline | "Join" >> strategies.JoinLogsWithCatalog(
+                    tfrecords.ReadFiles(_split_files(catalog, features.CATALOG_SPLIT),
+                                        tfrecords.read_rows), logs, spec, strategy, sink)
+                written_by_beam = (features.JOINED_SPLITS if sink is None
+                                   else (features.CATALOG_SPLIT,))
+                by_split = joined.examples | "BySplit" >> beam.ParDo(_BySplit()).with_outputs(
+                    *features.JOINED_SPLITS)
+                for split in written_by_beam:
+                    _ = by_split[split] | f"Write[{split}]" >> beam.io.WriteToTFRecord(
+                        prefix[split], file_name_suffix=".gz")
+                _ = (joined.rejects
+                     | "RejectLines" >> beam.Map(lambda r: r.line())
+                     | "WriteRejects" >> beam.io.WriteToText(
+                         os.path.join(report_dir, "rejects"), file_name_suffix=".tsv"))
+                _ = (_summary_pairs(joined)
+                     | "SummaryList" >> beam.combiners.ToList()
+                     | "SummaryJson" >> beam.Map(lambda kv: json.dumps(dict(sorted(kv))))
+                     | "WriteSummary" >> beam.io.WriteToText(
+                         os.path.join(report_dir, SUMMARY_FILE), shard_name_template=""))
+        finally:
+            if sink is not None and tf.io.gfile.exists(sink.tmp_dir):
+                tf.io.gfile.rmtree(sink.tmp_dir)
         summary = read_summary(examples.uri)
         check_complete(summary, catalog, input_dict[LOGS_KEY])
         if summary[features.TRAIN_SPLIT] == 0:
