@@ -147,3 +147,29 @@ def test_failed_log_ingest_leaves_no_temporary_shards(tiny_root, tmp_path):
         _ingest(spec, tables.LOGS, "span-5/*.csv", tmp_path / "out")
     assert not os.path.exists(tmp_path / "out" / ".tmp")
     assert not tf.io.gfile.glob(str(tmp_path / "out" / "Split-*" / "*"))
+
+
+def test_shards_per_file_by_size():
+    assert executor.shards_per_file([10, 4096, 4097, 1], 4096) == [
+        (0, 1, 5), (1, 1, 5), (2, 2, 5), (4, 1, 5)]
+
+
+def test_a_large_log_file_is_dealt_to_several_balanced_shards(tiny_root, tmp_path, monkeypatch):
+    """Each split of a file gets one shard per SHARD_BYTES read, its rows dealt evenly."""
+    spec = tiny_spec(tiny_root, split={"eval_percent": 30})
+    rows = "".join(f"u{i},s{i},b,mobile\n" for i in range(900))
+    path = write(os.path.join(spec.logs.base, "span-7", "p.csv"), "user,seed,item,device\n" + rows)
+    monkeypatch.setattr(executor, "SHARD_BYTES", 4096)
+    n_shards = -(-os.path.getsize(path) // 4096)
+    assert n_shards >= 3
+    examples = _ingest(spec, tables.LOGS, "span-7/*.csv", tmp_path / "out")
+    total = 0
+    for split in ("train", "eval"):
+        files = sorted(tf.io.gfile.glob(os.path.join(examples.uri, f"Split-{split}", "*")))
+        assert [os.path.basename(f) for f in files] == [
+            f"data_tfrecord-{j:05d}-of-{n_shards:05d}.gz" for j in range(n_shards)]
+        sizes = [sum(1 for _ in tf.data.TFRecordDataset(f, compression_type="GZIP"))
+                 for f in files]
+        assert max(sizes) - min(sizes) <= 1
+        total += sum(sizes)
+    assert total == 900

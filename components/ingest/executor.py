@@ -19,6 +19,7 @@ import bisect
 import hashlib
 import itertools
 import json
+import math
 import os
 from typing import Any, Iterable, Iterator, Union
 
@@ -41,6 +42,8 @@ COUNTS_FILE = "counts.json"
 ROWS_OK = "rows_ok"
 REJECTS_TAG = "rejects"
 COUNTS_TAG = "counts"
+#: Log CSV bytes per output shard of each split (MovieLens-1M's 14 MB: 4 shards).
+SHARD_BYTES = 4 << 20
 
 
 class _ReadFile(beam.DoFn):
@@ -68,15 +71,17 @@ class _ReadFile(beam.DoFn):
 
 
 class _SplitAndWriteFile(beam.DoFn):
-    """Log file ``i`` of ``n`` -> one GZIP TFRecord shard per output split; rejects; counts.
+    """One log file -> GZIP TFRecord shards per output split; rejects; counts.
 
     Each row goes to the split TFX's ExampleGen gives it (``_PartitionFn``'s
     rule: the SHA-256 of the split key's serialized Feature, or of the whole
     deterministically serialized Example, into hash buckets), so the splits
-    equal ExampleGen's. Rows are serialized on the wire format
-    (:func:`tfrecords.bytes_example`). A shard is written under a temporary
-    name and renamed when complete, so a retried or failed bundle never
-    leaves a partial shard under a final name.
+    equal ExampleGen's. Within a split, rows are dealt in turn to the file's
+    shards: a GZIP file is read whole by one worker, so later steps read a
+    split in parallel only if it has several files. Rows are serialized on
+    the wire format (:func:`tfrecords.bytes_example`). A shard is written
+    under a temporary name and renamed when complete, so a retried or failed
+    bundle never leaves a partial shard under a final name.
     """
 
     def __init__(self, table: tables.Table, split_config: example_gen_pb2.SplitConfig,
@@ -87,26 +92,35 @@ class _SplitAndWriteFile(beam.DoFn):
         self.split_dirs = split_dirs
         self.tmp_dir = tmp_dir
 
-    def process(self, indexed: tuple[int, int, str]) -> Iterator[Any]:
-        index, n_files, path = indexed
-        finals = {i: tfrecords.shard_name(os.path.join(split_dir, write_split.DEFAULT_FILE_NAME),
-                                          index, n_files)
-                  for i, split_dir in enumerate(self.split_dirs)}
+    def process(self, file: tuple[int, int, int, str]) -> Iterator[Any]:
+        first, n_shards, total_shards, path = file
+        finals = {(i, j): tfrecords.shard_name(
+                      os.path.join(split_dir, write_split.DEFAULT_FILE_NAME), first + j,
+                      total_shards)
+                  for i, split_dir in enumerate(self.split_dirs) for j in range(n_shards)}
         keys = {column: column.encode() for column in self.table.columns}
-        ok, total = 0, self.buckets[-1]
+        per_split, total = [0] * len(self.split_dirs), self.buckets[-1]
         with tfrecords.ShardWriters(finals, self.tmp_dir) as shards:
             for row in tables.read_file(path, self.table, parse=tables.parse_values):
                 if isinstance(row, tables.Reject):
                     yield beam.pvalue.TaggedOutput(REJECTS_TAG, row)
                     continue
-                ok += 1
                 encoded = {column: tfrecords.bytes_feature(values)
                            for column, values in row.items()}
                 record = tfrecords.bytes_example({keys[c]: f for c, f in encoded.items()})
                 key = record if self.split_key is None else encoded[self.split_key]
                 bucket = int(hashlib.sha256(key).hexdigest(), 16) % total
-                shards.write(bisect.bisect(self.buckets, bucket), record)
-        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (ROWS_OK, ok))
+                split = bisect.bisect(self.buckets, bucket)
+                shards.write((split, per_split[split] % n_shards), record)
+                per_split[split] += 1
+        yield beam.pvalue.TaggedOutput(COUNTS_TAG, (ROWS_OK, sum(per_split)))
+
+
+def shards_per_file(sizes: list[int], shard_bytes: int) -> list[tuple[int, int, int]]:
+    """``(first shard, shards, all shards)`` of each file: one shard per ``shard_bytes`` read."""
+    counts = [max(1, math.ceil(size / shard_bytes)) for size in sizes]
+    firsts = [0, *itertools.accumulate(counts)][:-1]
+    return [(first, n, sum(counts)) for first, n in zip(firsts, counts)]
 
 
 def _dedupe(item: tuple[str, Iterable[tuple[str, bytes]]],
@@ -184,8 +198,9 @@ def _SplitLogFiles(  # pylint: disable=invalid-name
 ) -> beam.pvalue.PDone:
     """Reads, splits and writes the log files matching ``split_pattern``; writes the report."""
     table, files = _table_files(exec_properties, split_pattern)
+    shards = shards_per_file([tf.io.gfile.stat(f).length for f in files], SHARD_BYTES)
     parsed = (pipeline
-              | "Files" >> beam.Create([(i, len(files), f) for i, f in enumerate(files)])
+              | "Files" >> beam.Create([(*s, f) for s, f in zip(shards, files)])
               | "Spread" >> beam.Reshuffle()
               | "SplitAndWrite" >> beam.ParDo(
                   _SplitAndWriteFile(table, split_config, split_dirs, tmp_dir)).with_outputs(
