@@ -25,9 +25,10 @@ resumes; ``--stages`` picks some):
   run's item embeddings for the same eval queries (after the IndexBuilder's
   ``recall_queries``): recall@10 against brute force (by scores) and q/s over
   brute force's, one query at a time and in batches of 100, searching the
-  default leaves, the export's, and those the IndexBuilder's rule
-  (``search.tune_leaves`` on its queries) picks now; then the two exported
-  SavedModels, serialized query in, one at a time.
+  leaves the IndexBuilder's rule picks now (``search.tune_leaves`` on its
+  queries, a fresh build: the headline keys), the run's export's, and the
+  rule's starting count; then the two exported SavedModels, serialized
+  query in, one at a time.
 * ``endpoint``: ``python -m serving.server`` loads the pushed ScaNN export
   (load time and the server's RSS), then ``python -m benchmarks.load`` (its
   own process) sends single-query REST requests from 1, 8 and 32 clients.
@@ -258,15 +259,15 @@ def stage_search(args: argparse.Namespace) -> dict[str, object]:
         index_executor.SCANN_MODEL_KEY][index_executor.LEAVES_PROPERTY]
     values: dict[str, object] = {"search_queries": len(queries),
                                  "scann_build_s": round(build_s, 1), "scann_leaves": leaves,
-                                 "scann_leaves_searched": default_leaves,
+                                 "scann_leaves_searched": tuned,
                                  "scann_exported_leaves_searched": exported,
-                                 "scann_tuned_leaves_searched": tuned}
+                                 "scann_start_leaves_searched": default_leaves}
     for batch in (1, 100):
         brute_qps, exact = _timed(lambda q: brute(tf.constant(q)).numpy(), embedded, batch)
         suffix = "" if batch == 1 else f"_batch_{batch}"
         values[f"bruteforce_qps{suffix}"] = round(brute_qps, 1)
-        for name, n in (("", default_leaves), ("_exported_leaves", exported),
-                        ("_tuned_leaves", tuned)):
+        for name, n in (("", tuned), ("_exported_leaves", exported),
+                        ("_start_leaves", default_leaves)):
             scann_qps, found = _timed(
                 lambda q, n=n: searcher.search_batched(q, final_num_neighbors=10,
                                                        leaves_to_search=n)[1].numpy(),

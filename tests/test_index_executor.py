@@ -107,7 +107,7 @@ def test_a_one_process_run_loads_the_trained_model_once(tmp_path, trained, monke
 def test_a_recall_below_the_floor_fails_the_step(tmp_path, trained):
     # One leaf of 200 searched, quantized scores, no exact rescoring beyond k.
     poor = search.IndexConfig(k=50, num_leaves=200, leaves_to_search=1, reorder=50,
-                              min_recall=0.9)
+                              recall_k=50, min_recall=0.9)
     with pytest.raises(index_executor.RecallTooLowError,
                        match=r"ScaNN recall@50 against brute force is 0\.\d+ < min_recall 0\.9 "
                              r"on 200 eval queries"):
@@ -115,7 +115,7 @@ def test_a_recall_below_the_floor_fails_the_step(tmp_path, trained):
 
 
 def test_no_eval_queries_is_unmeasured_not_perfect(tmp_path, trained):
-    config = search.IndexConfig(k=50, min_recall=0.9)
+    config = search.IndexConfig(k=50, recall_k=0, min_recall=0.9)
     with pytest.raises(index_executor.RecallUnmeasuredError,
                        match="no eval queries to measure ScaNN's recall@50"):
         _build(tmp_path / "floor", trained, config, with_queries=False)
@@ -126,6 +126,13 @@ def test_no_eval_queries_is_unmeasured_not_perfect(tmp_path, trained):
     assert not scann_model.has_custom_property("recall_at_50")
     assert os.path.exists(os.path.join(scann_model.uri, index_executor.SERVING_DIR,
                                        "saved_model.pb"))
+
+
+def test_the_recall_floor_is_on_the_head_of_the_list_by_default():
+    config = search.IndexConfig()
+    assert (config.k, config.measured_k(10**6), config.measured_k(4)) == (100, 10, 4)
+    assert search.IndexConfig(k=50, recall_k=0).measured_k(10**6) == 50
+    assert search.IndexConfig(k=5, recall_k=10).measured_k(10**6) == 5
 
 
 def test_automatic_leaves_are_nearly_the_fewest_that_meet_the_recall_floor():

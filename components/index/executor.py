@@ -45,8 +45,9 @@ class RecallUnmeasuredError(ValueError):
     """There were no eval queries to measure the index's recall against its floor."""
 
 
-def check_recall(measured: float | None, config: search.IndexConfig, n_queries: int) -> None:
-    """Raises unless ``measured`` reaches ``config.min_recall``.
+def check_recall(measured: float | None, config: search.IndexConfig, n_queries: int,
+                 k: int) -> None:
+    """Raises unless ``measured`` (recall@``k``) reaches ``config.min_recall``.
 
     ``measured`` is None when no query measured it: unmeasured is not
     perfect, so that fails too, unless the floor is 0 (no floor asked for).
@@ -54,14 +55,14 @@ def check_recall(measured: float | None, config: search.IndexConfig, n_queries: 
     if measured is None:
         if config.min_recall > 0:
             raise RecallUnmeasuredError(
-                f"no eval queries to measure ScaNN's recall@{config.k} against brute force "
+                f"no eval queries to measure ScaNN's recall@{k} against brute force "
                 f"(the eval split is empty), so the floor min_recall {config.min_recall} "
                 "cannot be checked; give the spec's split an eval_percent > 0 (or set "
                 "index_config.min_recall to 0 to build the index unchecked).")
         return
     if measured < config.min_recall:
         raise RecallTooLowError(
-            f"ScaNN recall@{config.k} against brute force is {measured:.4f} < "
+            f"ScaNN recall@{k} against brute force is {measured:.4f} < "
             f"min_recall {config.min_recall} on {n_queries} eval queries; raise "
             "index_config.leaves_to_search (0 searches more leaves until the floor is met) "
             "or reorder (or lower min_recall).")
@@ -148,16 +149,17 @@ class Executor(base_beam_executor.BaseBeamExecutor):
                                 config.recall_queries)
         searcher = search.build_scann(items, config)
         measured, leaves = measure_recall(query_model, searcher, items, queries, config)
+        recall_k = config.measured_k(len(items))
         logging.info("ScaNN recall@%d vs brute force on %d queries: %s (%d of %d leaves "
-                     "searched)", config.k, len(queries),
+                     "searched)", recall_k, len(queries),
                      "unmeasured" if measured is None else f"{measured:.4f}", leaves,
                      config.leaves(len(items))[0])
         if measured is not None:
-            scann_out.set_float_custom_property(f"recall_at_{config.k}", measured)
+            scann_out.set_float_custom_property(f"recall_at_{recall_k}", measured)
         scann_out.set_int_custom_property(RECALL_QUERIES_PROPERTY, len(queries))
         scann_out.set_int_custom_property("items", len(ids))
         scann_out.set_int_custom_property(LEAVES_PROPERTY, leaves)
-        check_recall(measured, config, len(queries))
+        check_recall(measured, config, len(queries), recall_k)
         exclude = (features.query_key(spec.item_id)
                    if spec.item_id in spec.query_item_features else None)
         export.save(export.RetrievalModule(query_model, ids, items, config.k, searcher,
@@ -171,7 +173,7 @@ class Executor(base_beam_executor.BaseBeamExecutor):
 
 def measure_recall(query_model: Any, searcher: Any, items: np.ndarray, queries: list[bytes],
                    config: search.IndexConfig) -> tuple[float | None, int]:
-    """ScaNN's recall@k against brute force, by scores, on real eval queries.
+    """ScaNN's recall@``config.measured_k`` against brute force, by scores, on real eval queries.
 
     Returns ``(recall, leaves searched)`` (-1 for an index without leaves:
     a catalog too small for a tree). With automatic ``leaves_to_search``
@@ -184,7 +186,7 @@ def measure_recall(query_model: Any, searcher: Any, items: np.ndarray, queries: 
         return None, start if total > 1 else -1
     fn = query_model.signatures[sig.QUERY_EMBEDDING_EXAMPLES]
     embedded = fn(examples=tf.constant(queries))[sig.EMBEDDING].numpy()
-    exact_scores, _ = search.brute_force(embedded, items, min(config.k, len(items)))
+    exact_scores, _ = search.brute_force(embedded, items, config.measured_k(len(items)))
     floor = config.min_recall if config.leaves_to_search == 0 else 0.0
     leaves, recall = search.tune_leaves(searcher, search.normalize(embedded), exact_scores,
                                         start, total, floor)
