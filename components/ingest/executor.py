@@ -9,8 +9,9 @@ properties of the Examples artefact. A table or span with no valid row fails
 the component, so no empty artefact is ever published.
 
 Log files are split and written by the step that reads them (TFX's own hash
-partition, one shard per input file and split): a per-row Beam stage for
-the split, the serialization and the write cost more than the parsing.
+partition; one shard per :data:`SHARD_BYTES` of each file and split): a
+per-row Beam stage for the split, the serialization and the write cost
+more than the parsing.
 """
 
 from __future__ import annotations
