@@ -62,7 +62,7 @@ class ShardSink(NamedTuple):
 
 
 class Joined(NamedTuple):
-    """What :func:`JoinLogsWithCatalog` returns.
+    """What :func:`~components.join.strategies.JoinLogsWithCatalog` returns.
 
     Attributes:
       examples: ``(split, bucket, serialized Example)`` of splits train, eval

@@ -18,8 +18,8 @@ items), then, after the counts are gathered, reads the part again and joins
 each row as it is read, with its item's count and bucket. Given a
 :class:`~components.join.beam_join.ShardSink`, that worker writes the
 part's joined rows to its own shards (one per split) and only their
-tallies leave it: on MovieLens-1M that is most of the step's time saved
-(Beam moves and writes each row otherwise).
+tallies leave it (MovieLens-1M's step: 25 s instead of 34 s when Beam
+moved and wrote each row; a million items: 5.5 GiB instead of 14.7).
 
 Both need one ranked list of ``(count, item id)`` over the items seen in
 training for the head boundary (O(#seen items) memory in one worker).
