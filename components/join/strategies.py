@@ -95,7 +95,7 @@ class _CountPart(beam.DoFn):
         self.spec, self.read = spec, read
 
     def process(self, part: tuple[int, int, Any], ids: dict[bytes, Any]) -> Iterator[Any]:
-        items, unknown, moved = collections.Counter(), collections.Counter(), 0
+        items, missing_ids, moved = collections.Counter(), collections.Counter(), 0
         for split_row in self.read(part[2]):
             resplit = hold_out(split_row, self.spec)
             moved += resplit[0] != split_row[0]
@@ -103,9 +103,9 @@ class _CountPart(beam.DoFn):
             if item is not None:
                 items[item] += 1
             elif missing is not None:
-                unknown[missing] += 1
+                missing_ids[missing] += 1
         yield from items.items()
-        for key, n in unknown.items():
+        for key, n in missing_ids.items():
             yield beam.pvalue.TaggedOutput(UNKNOWN_TAG, (key, n))
         yield beam.pvalue.TaggedOutput(MOVED_TAG, moved)
 
