@@ -267,13 +267,16 @@ def training_input(spec: DatasetSpec, hp: hparams_lib.HParams,
 
 def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_dir: str,
           catalog_dir: str, log_dir: str, correlation: Optional[Mapping[str, Any]] = None,
-          callbacks: Sequence[tf_keras.callbacks.Callback] = ()
+          callbacks: Sequence[tf_keras.callbacks.Callback] = (),
+          tf_transform_output: Optional[tft.TFTransformOutput] = None
           ) -> tuple[TwoTowerSSL, tf_keras.callbacks.History]:
     """Trains the model of ``hp.variant``; returns it with the Keras history.
 
     Trains exactly ``hp.train_steps`` steps, in epochs of ``hp.steps_per_epoch``
     (the last one shorter when they do not divide). ``callbacks`` run after
-    the TensorBoard and learning-rate loggers.
+    the TensorBoard and learning-rate loggers. ``tf_transform_output``:
+    ``transform_dir`` already loaded (its Transform graph is loaded once per
+    output, so the export can reuse it).
 
     Seeds Python, NumPy and TF from ``hp.seed`` and enables TF's op
     determinism, so equal seeds and inputs give equal weights. Under a
@@ -284,7 +287,7 @@ def train(spec: DatasetSpec, hp: hparams_lib.HParams, transform_dir: str, train_
     strategy = make_strategy(hp.strategy)     # first: collectives are set up before any op
     tf_keras.utils.set_random_seed(hp.seed)
     tf.config.experimental.enable_op_determinism()
-    tf_transform_output = tft.TFTransformOutput(transform_dir)
+    tf_transform_output = tf_transform_output or tft.TFTransformOutput(transform_dir)
     catalog, sampling = catalog_sampling(spec, hp, tf_transform_output, catalog_dir)
     if hp.strategy == "multi_worker_mirrored":
         stream = tf_keras.utils.experimental.DatasetCreator(
@@ -321,11 +324,12 @@ def train_and_export(job: workers.Job) -> None:
             os.makedirs(job.scratch_root, exist_ok=True)
         scratch = tempfile.mkdtemp(prefix="trainer-worker-", dir=job.scratch_root)
         log_dir, export_dir = os.path.join(scratch, "logs"), os.path.join(scratch, "export")
+    tf_transform_output = tft.TFTransformOutput(job.transform_dir)
     try:
         model, history = train(spec, hp, job.transform_dir, job.train_dir, job.catalog_dir,
-                               log_dir, correlation)
+                               log_dir, correlation, tf_transform_output=tf_transform_output)
         logging.info("final metrics: %s", {k: v[-1] for k, v in history.history.items()})
-        export.export(model, tft.TFTransformOutput(job.transform_dir), export_dir)
+        export.export(model, tf_transform_output, export_dir)    # the graph loaded in training
     finally:
         if scratch:
             shutil.rmtree(scratch, ignore_errors=True)
