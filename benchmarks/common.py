@@ -14,10 +14,12 @@ from typing import Callable, Sequence
 
 import psutil
 
+from pipeline.config import PipelineConfig
+
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results")
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 #: The pipeline name of local runs (ML Metadata's context).
-PIPELINE_NAME = "ssl4rec"
+PIPELINE_NAME = PipelineConfig.pipeline_name
 
 
 def machine() -> dict[str, object]:
@@ -156,7 +158,6 @@ def step_windows(run_root: str, spec_path: str, config_kwargs: dict | None = Non
     """
     from ml_metadata.proto import metadata_store_pb2
 
-    from pipeline.config import PipelineConfig
     from pipeline.pipeline import create_pipeline
     from pipeline.report import records
     from transforms.spec import load_spec

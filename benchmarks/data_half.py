@@ -21,31 +21,19 @@ import tempfile
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from benchmarks.common import RESULTS, run_measured_peak, write_results  # noqa: E402
+from benchmarks.common import (  # noqa: E402
+    PIPELINE_NAME,
+    RESULTS,
+    run_measured_peak,
+    step_windows,
+    write_results,
+)
 from components.join import executor as join_executor  # noqa: E402
 from pipeline import nodes, preflight  # noqa: E402
-from pipeline.config import PipelineConfig, local_beam_args  # noqa: E402
-from pipeline.pipeline import create_pipeline  # noqa: E402
+from pipeline.config import local_beam_args  # noqa: E402
 from pipeline.report import records  # noqa: E402
 from transforms import features  # noqa: E402
 from transforms.spec import load_spec  # noqa: E402
-
-NAME = "ssl4rec"
-
-
-def _step_times(run_root: str, spec_path: str) -> dict[str, tuple[float, float]]:
-    """(start, end) Unix seconds of each finished step, from ML Metadata."""
-    store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
-    config = PipelineConfig(spec=load_spec(spec_path), run_root=run_root)
-    out = {}
-    for node in create_pipeline(config).components:
-        done = [e for e in records.executions(store, NAME, node.id)
-                if e.last_known_state in records.DONE_STATES]
-        if done:
-            e = done[-1]
-            out[node.id] = (e.create_time_since_epoch / 1000,
-                            e.last_update_time_since_epoch / 1000)
-    return out
 
 
 def _case(label: str, spec_path: str, work: str, beam_args: tuple[str, ...] = ()
@@ -56,7 +44,7 @@ def _case(label: str, spec_path: str, work: str, beam_args: tuple[str, ...] = ()
            "--run-root", run_root, "--data-only", *[f"--beam-arg={a}" for a in beam_args]]
     wall, peak, peak_at = run_measured_peak(cmd, env, os.path.join(work, f"{label}.log"))
     store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
-    join = records.latest(store, NAME, nodes.JOIN)
+    join = records.latest(store, PIPELINE_NAME, nodes.JOIN)
     summary = join_executor.read_summary(join.outputs[join_executor.EXAMPLES_KEY][0])
     rows = summary[features.TRAIN_SPLIT] + summary[features.EVAL_SPLIT]
     values: dict[str, object] = {
@@ -68,7 +56,7 @@ def _case(label: str, spec_path: str, work: str, beam_args: tuple[str, ...] = ()
         f"{label}_join_strategy": join.properties["examples"].get(
             join_executor.STRATEGY_PROPERTY, "shuffle"),
     }
-    times = _step_times(run_root, spec_path)
+    times = step_windows(run_root, spec_path)
     for node, (start, end) in times.items():
         values[f"{label}_step_{node}_s"] = round(end - start, 1)
     values[f"{label}_peak_rss_step"] = next(

@@ -5,7 +5,7 @@ import pytest
 import tensorflow as tf
 from scipy import stats
 
-from components.trainer import augment, data, hparams, losses
+from components.trainer import augment, cost, data, hparams, losses
 from transforms import features
 
 
@@ -246,6 +246,18 @@ def _batch(rng, n, names, vocab, prefix_keys):
     return out
 
 
+#: Forward multiply-adds of a step of the model below, by hand: 3 features of
+#: width 4 -> 8 -> 4 is 12*8 + 8*4 = 128 per row; 16 queries and 16
+#: positives, 8 uniform items (mns) and 8 per SSL view; logits 16 x 16 (or
+#: 16 x 24 with the 8 extra negatives) and 8 x 8 (SSL), 4 wide.
+STEP_MACS = {"baseline": 32 * 128 + 1024, "fd": 32 * 128 + 1024,
+             "so": 40 * 128 + 1024 + 256, "mns": 40 * 128 + 1536,
+             **{v: 48 * 128 + 1024 + 256 for v in ("rfm", "cfm", "cfm_balanced",
+                                                  "independent_masks", "cfm_no_dropout",
+                                                  "dropout_only")},
+             "mns_cfm": 56 * 128 + 1536 + 256, "mns_so": 48 * 128 + 1536 + 256}
+
+
 @pytest.mark.parametrize("variant", list(hparams.VARIANTS))
 def test_every_variant_trains_and_its_main_loss_falls(variant):
     import tf_keras
@@ -279,6 +291,23 @@ def test_every_variant_trains_and_its_main_loss_falls(variant):
     assert logs["main_loss"] < first["main_loss"], (first, logs)   # it learns the batch
     assert ("ssl_loss" in logs) == hparams.VARIANTS[variant].ssl_loss
     assert model.shared             # item-to-item without context: one tower
+    # The dense-work count matches the built tower and the hand count.
+    assert cost.mlp_macs(3, hp) == sum(int(np.prod(layer.kernel.shape))
+                                       for layer in model.item_tower.mlp.layers)
+    assert cost.step_macs(layout, hp) == STEP_MACS[variant]
+
+
+def test_step_macs_counts_a_separate_query_tower_by_its_inputs():
+    from components.trainer.model import FeatureLayout
+
+    layout = FeatureLayout(item_names=("item_id", "genre", "year"), multivalued=(),
+                           query_item_names=("item_id",), context_names=("device",),
+                           vocab_sizes={}, id_name="item_id")
+    hp = hparams.from_dict({"variant": "mns", "hidden_units": [8, 4], "embedding_dim": 4,
+                            "batch_size": 16, "ssl_batch_size": 8})
+    # Query tower: 2 inputs, 8*8 + 8*4 = 96 per row; item tower 128 per row
+    # over 16 positives and 8 uniform items; logits 16 x 24, 4 wide.
+    assert cost.step_macs(layout, hp) == 16 * 96 + 24 * 128 + 16 * 24 * 4
 
 
 def test_one_tower_call_equals_a_call_per_part():

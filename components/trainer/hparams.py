@@ -57,6 +57,13 @@ class Variant:
         """Whether training draws uniform catalog batches."""
         return self.ssl_loss or self.extra_negatives
 
+    @property
+    def ssl_views(self) -> int:
+        """SSL-batch views through the item tower: 0 without SSL, 1 when both are the item."""
+        if not self.ssl_loss:
+            return 0
+        return 1 if self.masking == "none" and not self.value_dropout else 2
+
     def n_masked(self, k: int) -> int:
         """Masked-set size (seed counted) for ``k`` item features."""
         if self.split == "balanced":

@@ -249,7 +249,7 @@ class TwoTowerSSL(tf_keras.Model):
         if self.flags.extra_negatives:
             names.append("extra")
             parts.append((item_inputs(ssl, layout), None))
-        identical_views = self.flags.masking == "none" and not self.flags.value_dropout
+        identical_views = self.flags.ssl_views == 1
         if self.flags.ssl_loss:
             views = self._ssl_views(item_inputs(ssl, layout), step)
             names += ["view_h"] if identical_views else ["view_h", "view_g"]
