@@ -69,7 +69,6 @@ from benchmarks.common import (  # noqa: E402
 
 STAGES = ("pipeline", "movielens", "trainer", "search", "endpoint")
 MOVIELENS_SPEC = os.path.join(ROOT, "data/movielens-1m/dataset.yaml")     # from make run
-NAME = PIPELINE_NAME
 
 
 def _env() -> dict[str, str]:
@@ -92,8 +91,7 @@ def dataset(work: str, items: int, pairs: int, eval_percent: int) -> str:
 def _set_eval_percent(spec_path: str, percent: int) -> None:
     """The generated spec with its eval split at ``percent`` of the users."""
     with open(spec_path) as f:
-        text = f.read()
-    text, n = re.subn(r"eval_percent: \d+", f"eval_percent: {percent}", text)
+        text, n = re.subn(r"eval_percent: \d+", f"eval_percent: {percent}", f.read())
     if n != 1:
         raise ValueError(f"{spec_path}: expected one eval_percent to set")
     with open(spec_path, "w") as f:
@@ -138,8 +136,7 @@ def _evaluator_figures(run_root: str) -> dict[str, object]:
     out = {f"evaluator_{gate}": round(metrics[report.OVERALL][gate], 4),
            "evaluator_examples": int(metrics[report.OVERALL]["example_count"])}
     for bucket in features.BUCKETS:
-        got = metrics.get(report.bucket_label(bucket))
-        if got:
+        if got := metrics.get(report.bucket_label(bucket)):
             out[f"evaluator_{bucket}_{gate}"] = round(got[gate], 4)
     return out
 
@@ -174,6 +171,7 @@ def control_run(work: str) -> tuple[str, str]:
 
 def stage_trainer(args: argparse.Namespace) -> dict[str, object]:
     from benchmarks.train_throughput import _Variant
+    from components.trainer import cost
     from components.trainer import hparams as hparams_lib
     from transforms.spec import load_spec
 
@@ -191,6 +189,7 @@ def stage_trainer(args: argparse.Namespace) -> dict[str, object]:
         for run in runs.values():
             run.time(options.steps)
     step = {name: np.array(run.seconds_per_step) for name, run in runs.items()}
+    macs = {name: cost.step_macs(run.model.layout, run.model.hparams) for name, run in runs.items()}
     values: dict[str, object] = {"trainer_variant": variant, "trainer_rounds": args.rounds,
                                  "trainer_steps_per_round": options.steps}
     for name in cases:
@@ -199,6 +198,8 @@ def stage_trainer(args: argparse.Namespace) -> dict[str, object]:
     for base in ("movielens", "small_catalog"):
         values[f"trainer_examples_per_s_ratio_vs_{base}"] = round(float(
             np.median(step[base] / step["scale"])), 3)
+        # The step's dense work (components/trainer/cost.py) at 1M over the base's.
+        values[f"trainer_dense_work_ratio_vs_{base}"] = round(macs["scale"] / macs[base], 3)
     return values
 
 
@@ -255,7 +256,7 @@ def stage_search(args: argparse.Namespace) -> dict[str, object]:
         return tf.math.top_k(tf.matmul(q, matrix, transpose_b=True), k=10).values
 
     store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
-    exported = records.latest(store, NAME, nodes.INDEX).properties[
+    exported = records.latest(store, PIPELINE_NAME, nodes.INDEX).properties[
         index_executor.SCANN_MODEL_KEY][index_executor.LEAVES_PROPERTY]
     values: dict[str, object] = {"search_queries": len(queries),
                                  "scann_build_s": round(build_s, 1), "scann_leaves": leaves,
@@ -378,9 +379,8 @@ def main() -> None:
     for stage in STAGES:
         path = os.path.join(args.work, f"{stage}.json")
         if stage in args.stages.split(","):
-            got = globals()[f"stage_{stage}"](args)
             with open(path, "w") as f:
-                json.dump(got, f, indent=2, sort_keys=True)
+                json.dump(globals()[f"stage_{stage}"](args), f, indent=2, sort_keys=True)
         if os.path.exists(path):
             with open(path) as f:
                 values.update(json.load(f))
