@@ -129,6 +129,19 @@ def test_main_stream_follows_the_logs(tmp_path):
     assert stats.chisquare(np.bincount(seen, minlength=20), expected).pvalue > 1e-3
 
 
+def test_training_input_runs_without_tf_data_autotuning(tmp_path):
+    """Deleting an autotuned iterator waits for the autotuner's thread (up to a minute)."""
+    path = str(tmp_path / "part.gz")
+    with tf.io.TFRecordWriter(path, tf.io.TFRecordOptions(compression_type="GZIP")) as w:
+        w.write(b"x")
+    assert tf.data.Dataset.range(3).options().autotune.enabled is None      # TF's default: on
+    main = data.main_stream(str(tmp_path), lambda x: {"x": x}, 1, 0)
+    ssl = tf.data.Dataset.range(5).map(lambda i: {"i": i})
+    for stream in (data.training_stream(main, ssl), data.training_stream(main, None),
+                   data.tfrecords.split_dataset(str(tmp_path))):
+        assert stream.options().autotune.enabled is False
+
+
 def test_hparams_round_trip_through_custom_config():
     for hp in (hparams.HParams(), hparams.from_dict({"variant": "mns", "share_towers": True,
                                                      "ssl_temperature": 0.2, "n_masked": 2})):

@@ -114,7 +114,13 @@ def ssl_stream(catalog: Mapping[str, tf.RaggedTensor], batch_size: int, seed: in
 
 
 def training_stream(main: tf.data.Dataset, ssl: tf.data.Dataset | None) -> tf.data.Dataset:
-    """Zips the streams into ``(main, ssl)`` batches (``ssl`` empty without SSL)."""
+    """Zips the streams into ``(main, ssl)`` batches (``ssl`` empty without SSL).
+
+    Without tf.data's autotuning: deleting its iterator after training would
+    wait up to a minute (:func:`components.tfrecords.without_autotune`).
+    """
     if ssl is None:
-        return main.map(lambda m: (m, {})).prefetch(tf.data.AUTOTUNE)
-    return tf.data.Dataset.zip((main, ssl)).prefetch(tf.data.AUTOTUNE)
+        stream = main.map(lambda m: (m, {}))
+    else:
+        stream = tf.data.Dataset.zip((main, ssl))
+    return tfrecords.without_autotune(stream.prefetch(tf.data.AUTOTUNE))
