@@ -71,7 +71,7 @@ def test_the_scale_benchmark_runs_every_step_on_a_small_catalog(tmp_path):
     assert values["evaluator_examples"] == len(ranks)
     assert values["evaluator_recall_at_50"] == pytest.approx(recall_at_k(ranks, 50),
                                                              abs=1.5 / len(ranks) + 1e-4)
-    assert NAME == scale.NAME
+    assert NAME == scale.PIPELINE_NAME
     store = records.open_store(os.path.join(run_root, "metadata.sqlite"))
     correlation = records.latest(store, NAME, "FeatureCorrelation")
     assert correlation.properties["correlation"]["sample_fraction"] == pytest.approx(1000 / 1500)
