@@ -1,11 +1,12 @@
 """The dense work of one training step, counted from the layout and hyper-parameters.
 
 A step's matrix products are the towers' MLP layers over every row they
-embed and the two softmaxes' logits; they are most of a step's time (a
-profile of MovieLens-1M's ``cfm`` step: 58% in matrix products; a 17-feature
-catalog's ``mns`` step: 67%). The counts are forward multiply-adds; the
-backward pass costs about twice as much again, for every variant alike, so
-ratios of these counts are ratios of the dense work.
+embed and the two softmaxes' logits; they are most of a step's op time, the
+input pipeline aside (a profile of MovieLens-1M's ``cfm`` step: 58% in
+matrix products; a 17-feature catalog's ``mns`` step: 67%). The counts are
+forward multiply-adds; the backward pass costs about twice as much again,
+for every variant alike, so ratios of these counts are ratios of the dense
+work.
 
 Rows per step: the query tower embeds the batch's queries; the item tower
 embeds the positives, the uniform catalog batch when it is extra negatives
