@@ -1,5 +1,8 @@
 """The quality study's split with cold validation items, and the default-variant rule."""
 
+import json
+import os
+
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -8,6 +11,7 @@ from benchmarks.quality_study import protocol, report
 from benchmarks.quality_study.data import item_ids, split_training
 from benchmarks.quality_study.scoring import slice_metrics
 from components.evaluate.report import OVERALL
+from components.trainer import hparams
 from transforms import features
 
 KEY = features.item_key("item_id")
@@ -133,3 +137,13 @@ def test_default_rule_without_a_measurable_baseline():
     assert report.default_rule(values, ["cfm"], regimes)[report.DEFAULT_KEY] is None
     section = report._default_section({**values, **out}, ["baseline", "cfm"])
     assert "| cfm | +3.3% | n/a | n/a | no |" in section
+
+
+def test_the_pipeline_default_is_the_studys_choice():
+    """Once the study's results name a default variant, the pipeline ships it."""
+    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
+                        "benchmarks", "results", f"{report.NAME}.json")
+    with open(path) as f:
+        chosen = json.load(f).get(report.DEFAULT_KEY)
+    assert chosen is None or chosen == hparams.DEFAULT_VARIANT, (
+        f"{path} chooses {chosen!r}; set components/trainer/hparams.py DEFAULT_VARIANT to it")
