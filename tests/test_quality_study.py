@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 import tensorflow as tf
 
+from benchmarks.common import RESULTS
 from benchmarks.quality_study import protocol, report
 from benchmarks.quality_study.data import item_ids, split_training
 from benchmarks.quality_study.scoring import slice_metrics
@@ -141,8 +142,7 @@ def test_default_rule_without_a_measurable_baseline():
 
 def test_the_pipeline_default_is_the_studys_choice():
     """Once the study's results name a default variant, the pipeline ships it."""
-    path = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),
-                        "benchmarks", "results", f"{report.NAME}.json")
+    path = os.path.join(RESULTS, f"{report.NAME}.json")
     with open(path) as f:
         chosen = json.load(f).get(report.DEFAULT_KEY)
     assert chosen is None or chosen == hparams.DEFAULT_VARIANT, (
