@@ -247,28 +247,46 @@ def _tfma_value(metric, inputs):
     return value
 
 
+# Ids as bytes (the model's output) against labels as str or bytes; one
+# example without a positive counts for neither metric.
+RANKED = [b"a", b"b", b"c", b"d", b"e"]
+SEVERAL_POSITIVES = [(["b", "d"], RANKED, 1.0), ([b"e"], RANKED, 1.0), (["z"], RANKED, 1.0),
+                     ([b"a", b"c", b"e"], RANKED, 1.0), ([], RANKED, 1.0)]
+
+
 def test_tfma_metrics_with_several_positives_equal_the_numpy_reference():
-    # Ids as bytes (the model's output) against labels as str or bytes; one
-    # example without a positive counts for neither metric.
-    ranked = [b"a", b"b", b"c", b"d", b"e"]
-    inputs = [(["b", "d"], ranked, 1.0), ([b"e"], ranked, 1.0), (["z"], ranked, 1.0),
-              ([b"a", b"c", b"e"], ranked, 1.0), ([], ranked, 1.0)]
+    inputs = SEVERAL_POSITIVES
     lists = [[v.encode() if isinstance(v, str) else v for v in labels]
              for labels, _, _ in inputs if labels]
     for k in (2, 4):
-        aps = [average_precision_at_k(ranked, positives, k) for positives in lists]
-        hits = sum(len(set(positives) & set(ranked[:k])) for positives in lists)
+        aps = [average_precision_at_k(RANKED, positives, k) for positives in lists]
+        hits = sum(len(set(positives) & set(RANKED[:k])) for positives in lists)
         assert _tfma_value(MeanAveragePrecisionAtK(k), inputs) == pytest.approx(np.mean(aps))
         assert _tfma_value(RecallAtK(k), inputs) == pytest.approx(
             hits / sum(len(p) for p in lists))
+        # The same K read from a pass shared with other Ks.
+        shared = (1, k, 5)
+        assert _tfma_value(MeanAveragePrecisionAtK(k, ks=shared), inputs) == pytest.approx(
+            np.mean(aps))
+        assert _tfma_value(RecallAtK(k, ks=shared), inputs) == pytest.approx(
+            hits / sum(len(p) for p in lists))
     # Recall@4 by hand: b, d; none; none; a, c: 4 of 2 + 1 + 1 + 3 positives.
     assert _tfma_value(RecallAtK(4), inputs) == pytest.approx(4 / 7)
+    # MAP@2 by hand, from a pass shared with K=4: (1/2) / 2; 0; 0; (1/1) / 2.
+    assert _tfma_value(MeanAveragePrecisionAtK(2, ks=(4, 2)), inputs) == pytest.approx(
+        (0.25 + 0 + 0 + 0.5) / 4)
 
 
-def test_recall_and_map_at_one_k_share_one_combiner():
+def test_recall_and_map_at_every_k_share_one_combiner():
     combined = [c for metric in (RecallAtK(50), MeanAveragePrecisionAtK(50))
                 for c in metric.computations(model_names=[""], output_names=[""])[:1]]
     assert combined[0] == combined[1] and len(set(combined)) == 1
+    metrics = [kind(k, ks=(10, 50)) for kind in (RecallAtK, MeanAveragePrecisionAtK)
+               for k in (10, 50)]
+    assert len({m.computations(model_names=[""], output_names=[""])[0]
+                for m in metrics}) == 1
+    with pytest.raises(ValueError, match="top_k must be one of ks"):
+        RecallAtK(20, ks=(10, 50))
 
 
 def test_unknown_slice_feature_is_refused(tmp_path):

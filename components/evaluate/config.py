@@ -71,12 +71,12 @@ def eval_config(spec: DatasetSpec, settings: EvalSettings) -> tfma.EvalConfig:
                     change_threshold=tfma.GenericChangeThreshold(
                         direction=tfma.MetricDirection.HIGHER_IS_BETTER,
                         absolute={"value": -settings.max_recall_drop})))]
-        metrics.append(tfma.MetricConfig(
-            class_name="RecallAtK", module=METRICS_MODULE, per_slice_thresholds=gate,
-            config=json.dumps({"top_k": k, "name": metric_name("recall", k)})))
-        metrics.append(tfma.MetricConfig(
-            class_name="MeanAveragePrecisionAtK", module=METRICS_MODULE,
-            config=json.dumps({"top_k": k, "name": metric_name("map", k)})))
+        # Every K in each metric's config: all four share one pass per example.
+        for class_name, kind, thresholds in (("RecallAtK", "recall", gate),
+                                             ("MeanAveragePrecisionAtK", "map", [])):
+            metrics.append(tfma.MetricConfig(
+                class_name=class_name, module=METRICS_MODULE, per_slice_thresholds=thresholds,
+                config=json.dumps({"top_k": k, "ks": list(KS), "name": metric_name(kind, k)})))
     slicing = [tfma.SlicingSpec(), tfma.SlicingSpec(feature_keys=[features.ITEM_BUCKET])]
     slicing += [tfma.SlicingSpec(feature_keys=[features.item_key(name)])
                 for name in settings.slice_features]

@@ -18,7 +18,7 @@ catalog, best first) and ``scores``; the label is the set of positive ids.
 
 from __future__ import annotations
 
-from typing import Any, Callable, Dict, Iterable, List, Optional
+from typing import Any, Callable, Dict, Iterable, List, Optional, Sequence
 
 import apache_beam as beam
 import numpy as np
@@ -75,14 +75,20 @@ class _RankedListMetric(metric_types.Metric):
       top_k: K.
       name: metric name (default ``<kind>@<K>``).
       prediction_class_key: key of the ranked ids in the prediction dict.
+      ks: every K of the evaluation (default ``(top_k,)``). Metrics given the
+        same ``ks`` share one pass over each ranked list for all of them.
     """
 
     KIND = ""
 
     def __init__(self, top_k: int, name: Optional[str] = None,
-                 prediction_class_key: str = sig.CLASSES) -> None:
+                 prediction_class_key: str = sig.CLASSES,
+                 ks: Optional[Sequence[int]] = None) -> None:
+        ks = tuple(sorted({int(k) for k in ks})) if ks else (int(top_k),)
+        if top_k not in ks:
+            raise ValueError(f"{self.KIND}@{top_k}: top_k must be one of ks {ks}.")
         super().__init__(_computations, top_k=top_k, name=name or f"{self.KIND}@{top_k}",
-                         prediction_class_key=prediction_class_key, kind=self.KIND)
+                         prediction_class_key=prediction_class_key, kind=self.KIND, ks=ks)
 
 
 class RecallAtK(_RankedListMetric):
@@ -101,34 +107,40 @@ metric_types.register_metric(RecallAtK)
 metric_types.register_metric(MeanAveragePrecisionAtK)
 
 
-def _computations(top_k: int, name: str, kind: str, prediction_class_key: str = sig.CLASSES,
+def _computations(top_k: int, name: str, kind: str, ks: Sequence[int],
+                  prediction_class_key: str = sig.CLASSES,
                   eval_config: Any = None, model_names: Optional[List[str]] = None,
                   output_names: Optional[List[str]] = None,
                   example_weighted: bool = False, **_: Any
                   ) -> metric_types.MetricComputations:
-    """The sums of :class:`_TopKSums` at ``top_k``, and this metric's ratio of two of them.
+    """The sums of :class:`_TopKSums` at every K of ``ks``, and this metric's ratio of two.
 
-    Recall@K and MAP@K ask for the same sums computation (equal keys and
-    combiner), which TFMA runs once per slice for both.
+    Recall@K and MAP@K at every K of ``ks`` ask for the same sums
+    computation (equal keys and combiner), which TFMA runs once per slice
+    for all of them: one pass over each ranked list.
     """
+    ks = tuple(ks)
+    offset = 4 * ks.index(top_k)
     computations: metric_types.MetricComputations = []
     for model_name in model_names or [""]:
         for output_name in output_names or [""]:
-            sums = metric_types.MetricKey(name=f"_top_{top_k}_{prediction_class_key}_sums",
-                                          model_name=model_name, output_name=output_name,
-                                          example_weighted=example_weighted)
+            sums = metric_types.MetricKey(
+                name=f"_top_{'_'.join(map(str, ks))}_{prediction_class_key}_sums",
+                model_name=model_name, output_name=output_name,
+                example_weighted=example_weighted)
             key = metric_types.MetricKey(name=name, model_name=model_name,
                                          output_name=output_name,
                                          example_weighted=example_weighted)
+            numerator, denominator = _SUMS[kind]
             computations.append(metric_types.MetricComputation(
                 keys=[sums], preprocessors=None,
-                combiner=_TopKSums(sums, top_k, prediction_class_key, example_weighted)))
+                combiner=_TopKSums(sums, ks, prediction_class_key, example_weighted)))
             computations.append(metric_types.DerivedMetricComputation(
-                keys=[key], result=_ratio(sums, key, _SUMS[kind])))
+                keys=[key], result=_ratio(sums, key, (offset + numerator, offset + denominator))))
     return computations
 
 
-#: Metric kind -> (numerator, denominator) positions in :class:`_TopKSums`' sums.
+#: Metric kind -> (numerator, denominator) positions in one K's block of :class:`_TopKSums`.
 _SUMS = {RecallAtK.KIND: (0, 1), MeanAveragePrecisionAtK.KIND: (2, 3)}
 
 
@@ -150,19 +162,20 @@ def _wanted(positives: Iterable[Any]) -> tuple[set, int]:
 class _TopKSums(beam.CombineFn):
     """Weighted sums over examples with a positive, from each ranked list's hits in the top K.
 
-    ``[hits, positives, sum of AP@K, examples]``: Recall@K is the first over
-    the second, MAP@K the third over the fourth (:data:`_SUMS`).
+    For each K of ``ks`` in turn, a block ``[hits, positives, sum of AP@K,
+    examples]``: Recall@K is the block's first over its second, MAP@K its
+    third over its fourth (:data:`_SUMS`).
     """
 
-    def __init__(self, key: metric_types.MetricKey, top_k: int, class_key: str,
+    def __init__(self, key: metric_types.MetricKey, ks: Sequence[int], class_key: str,
                  example_weighted: bool) -> None:
         self._key = key
-        self._top_k = top_k
+        self._ks = tuple(ks)
         self._class_key = class_key
         self._example_weighted = example_weighted
 
     def create_accumulator(self) -> list[float]:
-        return [0.0, 0.0, 0.0, 0.0]
+        return [0.0] * (4 * len(self._ks))
 
     def add_input(self, acc: list[float], element: metric_types.StandardMetricInputs
                   ) -> list[float]:
@@ -180,20 +193,25 @@ class _TopKSums(beam.CombineFn):
         if self._example_weighted:
             weights = element.get_example_weights(self._key.model_name, self._key.output_name)
             weight = float(np.asarray(weights).reshape(-1)[0]) if weights is not None else 1.0
-        classes = np.asarray(predictions[self._class_key]).reshape(-1)[:self._top_k].tolist()
-        hits, precision_sum = 0, 0.0
-        for i, c in enumerate(classes):
-            if c in wanted:
+        classes = np.asarray(predictions[self._class_key]).reshape(-1)[:self._ks[-1]].tolist()
+        # Hit positions (0-based) in the longest list; each K reads its prefix.
+        hit_at = [i for i, c in enumerate(classes) if c in wanted]
+        for block, k in enumerate(self._ks):
+            hits, precision_sum = 0, 0.0
+            for i in hit_at:
+                if i >= k:
+                    break
                 hits += 1
                 precision_sum += hits / (i + 1)
-        acc[0] += weight * hits
-        acc[1] += weight * n_positives
-        acc[2] += weight * precision_sum / min(self._top_k, n_positives)
-        acc[3] += weight
+            at = 4 * block
+            acc[at] += weight * hits
+            acc[at + 1] += weight * n_positives
+            acc[at + 2] += weight * precision_sum / min(k, n_positives)
+            acc[at + 3] += weight
         return acc
 
     def merge_accumulators(self, accumulators: Iterable[list[float]]) -> list[float]:
-        total = [0.0, 0.0, 0.0, 0.0]
+        total = self.create_accumulator()
         for acc in accumulators:
             for i, value in enumerate(acc):
                 total[i] += value
@@ -201,4 +219,3 @@ class _TopKSums(beam.CombineFn):
 
     def extract_output(self, acc: list[float]) -> Dict[metric_types.MetricKey, list[float]]:
         return {self._key: acc}
-
