@@ -35,6 +35,12 @@ IN_MEMORY_MAX_INPUT_BYTES = 32 * 2**20
 #: in-process worker keeps the 1M-item join at about half the memory of one
 #: worker per core, at about a fifth more time (benchmarks/results/data_half.md).
 JOIN_BEAM_ARGS = IN_MEMORY_BEAM_ARGS
+#: Added to the Evaluator's flags on every input size (ignored by other
+#: runners): the model's products already use every core in one process,
+#: and a worker per core holds a copy of the model each. With a million
+#: items, the Evaluator alone took 133 s at 3.0 GiB in one process against
+#: 148 s at 6.4 GiB with a worker per core (benchmarks/results/scale.md).
+EVALUATOR_BEAM_ARGS = IN_MEMORY_BEAM_ARGS
 
 
 def local_beam_args(input_bytes: int) -> tuple[str, ...]:

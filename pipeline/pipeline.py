@@ -21,7 +21,7 @@ from components.join.component import JoinExamples
 from components.push.component import SharedVersionPusher
 from components.trainer.component import SslTrainer
 from pipeline import nodes
-from pipeline.config import JOIN_BEAM_ARGS, PipelineConfig
+from pipeline.config import EVALUATOR_BEAM_ARGS, JOIN_BEAM_ARGS, PipelineConfig
 from transforms import features, preprocessing, tables
 
 PREPROCESSING_FN = "transforms.preprocessing.preprocessing_fn"
@@ -131,7 +131,7 @@ def evaluation(config: PipelineConfig, examples: Any, model: Any) -> list[Any]:
         examples=examples, model=model, baseline_model=baseline.outputs["model"],
         example_splits=[features.EVAL_SPLIT],
         eval_config=eval_lib.eval_config(config.spec, config.eval_settings)
-    ).with_id(nodes.EVALUATOR)
+    ).with_id(nodes.EVALUATOR).with_beam_pipeline_args(list(EVALUATOR_BEAM_ARGS))
     return [baseline, evaluator]
 
 

@@ -47,3 +47,23 @@ def test_a_local_step_builds_no_package_and_a_remote_one_keeps_tfx_packaging():
     packages = [a.split("=", 1)[1] for a in remote if a.startswith("--extra_package=")]
     assert len(packages) == 1 and os.path.isfile(packages[0])           # TFX's sdist, as before
     shutil.rmtree(packages[0].split("/build/")[0], ignore_errors=True)
+
+
+def test_the_join_and_the_evaluator_run_in_one_process_and_the_other_steps_per_core(tmp_path):
+    from apache_beam.options.pipeline_options import DirectOptions, PipelineOptions
+
+    from pipeline import nodes
+    from pipeline.config import PipelineConfig
+    from pipeline.pipeline import create_pipeline
+    from tests.conftest import tiny_spec
+
+    config = PipelineConfig(spec=tiny_spec(str(tmp_path)), run_root=str(tmp_path / "run"),
+                            beam_pipeline_args=LOCAL_BEAM_ARGS)
+    modes = {}
+    for component in create_pipeline(config).components:
+        args = getattr(component.executor_spec, "beam_pipeline_args", None)
+        if args is not None:         # TFX puts the pipeline's flags first, the step's after
+            direct = PipelineOptions(list(args)).view_as(DirectOptions)
+            modes[component.id] = (direct.direct_running_mode, direct.direct_num_workers)
+    assert modes[nodes.JOIN] == modes[nodes.EVALUATOR] == ("in_memory", 1)
+    assert modes[nodes.TRANSFORM] == ("multi_processing", 0)
