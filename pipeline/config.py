@@ -39,7 +39,7 @@ JOIN_BEAM_ARGS = IN_MEMORY_BEAM_ARGS
 #: runners): the model's products already use every core in one process,
 #: and a worker per core holds a copy of the model each. With a million
 #: items, the Evaluator alone took 133 s at 3.0 GiB in one process against
-#: 148 s at 6.4 GiB with a worker per core (benchmarks/results/scale.md).
+#: 148 s at 6.4 GiB with a worker per core (README, "A million items").
 EVALUATOR_BEAM_ARGS = IN_MEMORY_BEAM_ARGS
 
 
