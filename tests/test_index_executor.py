@@ -135,6 +135,17 @@ def test_the_recall_floor_is_on_the_head_of_the_list_by_default():
     assert search.IndexConfig(k=5, recall_k=10).measured_k(10**6) == 5
 
 
+def test_the_tree_trains_on_at_least_400_points_a_leaf_up_to_every_item():
+    config = search.IndexConfig()
+    # 1,000,000 items: 1,000 leaves, 400,000 points; 200,000 items: 447 leaves,
+    # 178,800 points; 50,000: 223 leaves, 89,200 > every item; 1,000,000 items
+    # with 100 leaves: ScaNN's 100,000 stays the least.
+    assert config.tree_sample_size(1_000_000) == 400_000
+    assert config.tree_sample_size(200_000) == 178_800
+    assert config.tree_sample_size(50_000) == 50_000
+    assert search.IndexConfig(num_leaves=100).tree_sample_size(1_000_000) == 100_000
+
+
 def test_automatic_leaves_are_nearly_the_fewest_that_meet_the_recall_floor():
     """Evenly spread embeddings: 10% of the leaves misses the floor; the tuned count meets it,
     and a count LEAVES_RESOLUTION below it does not (the doubling's bracket, then bisection).
