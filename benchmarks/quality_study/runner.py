@@ -200,6 +200,8 @@ class Study:
     def test_many(self, jobs: list[tuple[str, str, int, dict, int, str]]) -> None:
         """Scores the test split at each job's checkpoint (cached in the run's curve).
 
+        The cache is saved after each score, so a stopped study keeps them.
+
         A job: (regime, variant, seed, settings, step budget, checkpoint step).
         """
         lost = [job[:5] for job in jobs if not os.path.exists(
@@ -218,7 +220,6 @@ class Study:
                                   point[VALIDATION][protocol.SELECTION_METRIC])] = point
         for future in concurrent.futures.as_completed(todo):
             todo[future][TEST] = future.result()
-        if todo:
             self._save()
 
     def _save(self) -> None:
